@@ -1,0 +1,1 @@
+"""CloudEvent types dropgate consumes and emits, and the storage-notification adapters."""

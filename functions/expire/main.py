@@ -1,0 +1,24 @@
+"""expire: the scheduled retention job (PingSource).
+
+Run: functions-framework --source functions/expire/main.py --target handle
+"""
+
+import functions_framework
+
+from shared.errors import NotImplementedYet
+from shared.instance import FunctionInstance
+from shared.web import CloudEventApp
+
+instance = FunctionInstance("expire", ["storage", "database", "limits", "events"])
+
+
+def handle_event(event):
+    raise NotImplementedYet("the expire handler is not implemented yet; only /healthz answers")
+
+
+app = CloudEventApp(handle_event, health_checks=instance.health_checks())
+
+
+@functions_framework.http
+def handle(request):
+    return app(request)

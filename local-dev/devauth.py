@@ -1,0 +1,129 @@
+"""A local stand-in for the OIDC provider: one RSA key, its JWKS, and tokens signed with it.
+
+Production trusts Keycloak (or any OIDC provider) through its JWKS URL; the
+local stack points presign at this server instead, so the verification code
+path is the same. Tokens carry roles where Keycloak puts them
+(`realm_access.roles`).
+
+    python -m dropgate_local.devauth serve --data-dir .dropgate --port 8779
+    dropgate-dev token --sub alice --roles uploader
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+DEV_AUDIENCE = "dropgate"
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class DevSigningKey:
+    private_key: rsa.RSAPrivateKey
+
+    @classmethod
+    def load_or_create(cls, key_dir: Path) -> DevSigningKey:
+        """The same key across restarts, so tokens minted earlier stay valid."""
+        path = key_dir / "private.pem"
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            return cls(key)  # type: ignore[arg-type]
+        key_dir.mkdir(parents=True, exist_ok=True)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        path.chmod(0o600)
+        return cls(key)
+
+    @property
+    def public_jwk(self) -> dict[str, str]:
+        numbers = self.private_key.public_key().public_numbers()
+        jwk = {"e": _b64url_uint(numbers.e), "kty": "RSA", "n": _b64url_uint(numbers.n)}
+        # RFC 7638 thumbprint as kid: stable for the key, changes when the key does.
+        thumbprint = hashlib.sha256(json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()).digest()
+        kid = base64.urlsafe_b64encode(thumbprint).rstrip(b"=").decode()
+        return {**jwk, "kid": kid, "use": "sig", "alg": "RS256"}
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        return {"keys": [self.public_jwk]}
+
+    def mint(self, *, subject: str, roles: list[str], issuer: str, audience: str = DEV_AUDIENCE,
+             ttl_seconds: int = 3600, now: float | None = None, extra: dict | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        claims = {
+            "iss": issuer, "aud": audience, "sub": subject, "iat": issued, "nbf": issued,
+            "exp": issued + ttl_seconds, "jti": str(uuid.uuid4()),
+            "preferred_username": subject, "realm_access": {"roles": roles},
+        }
+        claims.update(extra or {})
+        return jwt.encode(claims, self.private_key, algorithm="RS256", headers={"kid": self.public_jwk["kid"]})
+
+
+def issuer_url(host: str, port: int) -> str:
+    return f"http://{host}:{port}/dev-oidc"
+
+
+def jwks_url(host: str, port: int) -> str:
+    return f"{issuer_url(host, port)}/jwks.json"
+
+
+def serve(key: DevSigningKey, host: str, port: int) -> ThreadingHTTPServer:
+    issuer = issuer_url(host, port)
+    documents = {
+        "/dev-oidc/jwks.json": key.jwks(),
+        "/dev-oidc/.well-known/openid-configuration": {"issuer": issuer, "jwks_uri": f"{issuer}/jwks.json",
+                                                       "id_token_signing_alg_values_supported": ["RS256"]},
+        "/healthz": {"status": "ok"},
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            document = documents.get(self.path)
+            body = json.dumps(document if document is not None else {"error": "not_found"}).encode()
+            self.send_response(200 if document is not None else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+            pass
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dropgate_local.devauth")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = sub.add_parser("serve", help="serve the dev JWKS")
+    serve_cmd.add_argument("--data-dir", type=Path, required=True)
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    key = DevSigningKey.load_or_create(args.data_dir / "dev-oidc")
+    server = serve(key, args.host, args.port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

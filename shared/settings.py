@@ -1,0 +1,354 @@
+"""Typed settings, read once from environment variables at start-up.
+
+Each function loads only the sections it needs (scan never sees the OIDC
+settings, presign never sees clamd's address), so a Knative Service gets only
+the Secrets it uses. Every problem is collected and reported at once, naming
+the variable, so a misconfigured deployment fails on its first start with one
+readable message instead of on its first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, TypeVar
+from urllib.parse import urlparse
+
+KIB: Final = 1024
+MIB: Final = 1024 * KIB
+GIB: Final = 1024 * MIB
+
+# S3 multipart limits (AWS S3 and MinIO): parts of 5 MiB..5 GiB, at most 10,000 parts.
+S3_MIN_PART_SIZE: Final = 5 * MIB
+S3_MAX_PART_SIZE: Final = 5 * GIB
+S3_MAX_PARTS: Final = 10_000
+
+# Compliance ceiling: no file may be kept longer than this, whatever is configured.
+MAX_RETENTION_DAYS: Final = 30
+
+_SIZE_UNITS: Final = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+                      "KIB": KIB, "MIB": MIB, "GIB": GIB}
+_SIZE_PATTERN: Final = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
+_FORBIDDEN_JWT_ALGORITHMS: Final = frozenset({"none", "HS256", "HS384", "HS512"})
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """One or more environment variables are missing or malformed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid dropgate configuration:\n{lines}")
+
+
+_REQUIRED: Final = object()
+
+
+class _EnvReader:
+    """Reads variables, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = environ
+        self.problems: list[str] = []
+
+    def _raw(self, name: str, default: object) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            if default is _REQUIRED:
+                self.problems.append(f"{name} is required but not set")
+            return None
+        return value.strip()
+
+    def _parse(self, name: str, default: object, parse: Callable[[str], T], placeholder: T) -> T:
+        raw = self._raw(name, default)
+        if raw is None:
+            return placeholder if default is _REQUIRED else default  # type: ignore[return-value]
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            self.problems.append(f"{name}={raw!r}: {exc}")
+            return placeholder
+
+    def text(self, name: str, default: object = _REQUIRED) -> str:
+        return self._parse(name, default, lambda raw: raw, "")
+
+    def optional_text(self, name: str) -> str | None:
+        return self._parse(name, None, lambda raw: raw, None)
+
+    def integer(self, name: str, default: object = _REQUIRED, *, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+        return self._parse(name, default, lambda raw: _bounded(int(raw), minimum, maximum), 0)
+
+    def size(self, name: str, default: object = _REQUIRED, *, minimum: int | None = None,
+             maximum: int | None = None) -> int:
+        return self._parse(name, default, lambda raw: _bounded(parse_size(raw), minimum, maximum), 0)
+
+    def url(self, name: str, default: object = _REQUIRED) -> str:
+        return self._parse(name, default, _parse_url, "")
+
+    def optional_url(self, name: str) -> str | None:
+        return self._parse(name, None, _parse_url, None)
+
+    def words(self, name: str, default: object = _REQUIRED) -> tuple[str, ...]:
+        return self._parse(name, default, _parse_words, ())
+
+    def address(self, name: str, default: object = _REQUIRED) -> tuple[str, int]:
+        return self._parse(name, default, _parse_address, ("", 0))
+
+    def boolean(self, name: str, default: object = _REQUIRED) -> bool:
+        return self._parse(name, default, _parse_bool, False)
+
+
+def parse_size(raw: str) -> int:
+    """Byte count from '1073741824', '1GiB', '8 MiB' or '10MB' (decimal)."""
+    match = _SIZE_PATTERN.match(raw)
+    if not match or match.group(2).upper() not in _SIZE_UNITS:
+        raise ValueError("expected a byte size such as 8MiB, 1GiB or 1048576")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+def _bounded(value: int, minimum: int | None, maximum: int | None) -> int:
+    if minimum is not None and value < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"must be at most {maximum}")
+    return value
+
+
+def _parse_url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("expected an http(s) URL such as http://127.0.0.1:8333")
+    return raw.rstrip("/")
+
+
+def _parse_words(raw: str) -> tuple[str, ...]:
+    return tuple(word.strip() for word in raw.split(",") if word.strip())
+
+
+def _parse_address(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected host:port such as 127.0.0.1:3310")
+    return host.strip("[]"), int(port)
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where objects live. Works with MinIO, SeaweedFS and AWS S3 (leave the endpoint empty)."""
+
+    endpoint_url: str | None
+    public_endpoint_url: str | None  # the address browsers reach; presigned URLs are signed for it
+    region: str
+    access_key_id: str
+    secret_access_key: str
+    uploads_bucket: str
+    quarantine_bucket: str
+    allowed_origins: tuple[str, ...]  # bucket CORS, for the setup step
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> StorageSettings:
+        endpoint = env.optional_url("DROPGATE_S3_ENDPOINT")
+        return cls(
+            endpoint_url=endpoint,
+            public_endpoint_url=env.optional_url("DROPGATE_S3_PUBLIC_ENDPOINT") or endpoint,
+            region=env.text("DROPGATE_S3_REGION", "us-east-1"),
+            access_key_id=env.text("DROPGATE_S3_ACCESS_KEY"),
+            secret_access_key=env.text("DROPGATE_S3_SECRET_KEY"),
+            uploads_bucket=env.text("DROPGATE_UPLOADS_BUCKET", "dropgate-uploads"),
+            quarantine_bucket=env.text("DROPGATE_QUARANTINE_BUCKET", "dropgate-quarantine"),
+            allowed_origins=env.words("DROPGATE_ALLOWED_ORIGINS", ()),
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str
+    pool_min_size: int
+    pool_max_size: int
+    connect_timeout_seconds: int
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> DatabaseSettings:
+        url = env.text("DATABASE_URL")
+        if url and not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
+            env.problems.append("DATABASE_URL: expected postgresql://... or a libpq key=value string")
+        return cls(
+            url=url,
+            pool_min_size=env.integer("DROPGATE_DB_POOL_MIN", 1, minimum=0, maximum=100),
+            pool_max_size=env.integer("DROPGATE_DB_POOL_MAX", 10, minimum=1, maximum=500),
+            connect_timeout_seconds=env.integer("DROPGATE_DB_CONNECT_TIMEOUT", 5, minimum=1, maximum=120),
+        )
+
+
+@dataclass(frozen=True)
+class ClamdSettings:
+    host: str
+    port: int
+    timeout_seconds: int
+    chunk_size: int  # bytes per INSTREAM chunk; bounds the scan's memory
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> ClamdSettings:
+        host, port = env.address("DROPGATE_CLAMD_ADDRESS", ("127.0.0.1", 3310))
+        return cls(
+            host=host,
+            port=port,
+            timeout_seconds=env.integer("DROPGATE_CLAMD_TIMEOUT", 300, minimum=1, maximum=3600),
+            chunk_size=env.size("DROPGATE_SCAN_CHUNK_SIZE", MIB, minimum=4 * KIB, maximum=64 * MIB),
+        )
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """OIDC: tokens are verified against the provider's JWKS, issuer and audience pinned."""
+
+    issuer: str
+    audience: str
+    jwks_url: str
+    roles_claim: str  # dotted path into the token, Keycloak's realm roles by default
+    algorithms: tuple[str, ...]
+    leeway_seconds: int
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> AuthSettings:
+        algorithms = env.words("DROPGATE_JWT_ALGORITHMS", ("RS256", "ES256"))
+        forbidden = sorted(set(algorithms) & _FORBIDDEN_JWT_ALGORITHMS)
+        if forbidden:
+            env.problems.append(
+                f"DROPGATE_JWT_ALGORITHMS: {', '.join(forbidden)} not allowed; "
+                "only asymmetric algorithms verified against the JWKS are accepted")
+        return cls(
+            issuer=env.text("DROPGATE_OIDC_ISSUER"),
+            audience=env.text("DROPGATE_OIDC_AUDIENCE"),
+            jwks_url=env.url("DROPGATE_OIDC_JWKS_URL"),
+            roles_claim=env.text("DROPGATE_ROLES_CLAIM", "realm_access.roles"),
+            algorithms=algorithms,
+            leeway_seconds=env.integer("DROPGATE_JWT_LEEWAY", 30, minimum=0, maximum=300),
+        )
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_upload_size: int
+    min_upload_size: int
+    default_part_size: int
+    allowed_content_types: tuple[str, ...]  # empty: any type
+    max_open_uploads_per_user: int
+    max_bytes_per_user_per_day: int
+    requests_per_minute: int
+    url_expiry_seconds: int
+    retention_days: int
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> LimitSettings:
+        return cls(
+            max_upload_size=env.size("DROPGATE_MAX_UPLOAD_SIZE", GIB, minimum=1,
+                                     maximum=S3_MAX_PARTS * S3_MAX_PART_SIZE),
+            min_upload_size=env.size("DROPGATE_MIN_UPLOAD_SIZE", 1, minimum=1),
+            default_part_size=env.size("DROPGATE_PART_SIZE", 8 * MIB, minimum=S3_MIN_PART_SIZE,
+                                       maximum=S3_MAX_PART_SIZE),
+            allowed_content_types=env.words("DROPGATE_ALLOWED_CONTENT_TYPES", ()),
+            max_open_uploads_per_user=env.integer("DROPGATE_MAX_OPEN_UPLOADS", 10, minimum=1),
+            max_bytes_per_user_per_day=env.size("DROPGATE_MAX_BYTES_PER_DAY", 20 * GIB, minimum=1),
+            requests_per_minute=env.integer("DROPGATE_RATE_LIMIT_PER_MINUTE", 600, minimum=1),
+            url_expiry_seconds=env.integer("DROPGATE_URL_EXPIRY", 900, minimum=60, maximum=7 * 24 * 3600),
+            retention_days=env.integer("DROPGATE_RETENTION_DAYS", MAX_RETENTION_DAYS, minimum=1,
+                                       maximum=MAX_RETENTION_DAYS),
+        )
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    sink_url: str | None  # K_SINK, injected by a Knative SinkBinding; where emitted CloudEvents go
+    webhook_token: str | None  # the bearer token storage sends with its notifications
+    source: str  # CloudEvents `source` prefix for events dropgate itself emits
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> EventSettings:
+        return cls(
+            sink_url=env.optional_url("K_SINK"),
+            webhook_token=env.optional_text("DROPGATE_WEBHOOK_TOKEN"),
+            source=env.text("DROPGATE_EVENT_SOURCE", "dropgate"),
+        )
+
+
+_SECTIONS: Final[dict[str, type]] = {
+    "storage": StorageSettings,
+    "database": DatabaseSettings,
+    "clamd": ClamdSettings,
+    "auth": AuthSettings,
+    "limits": LimitSettings,
+    "events": EventSettings,
+}
+
+
+class Settings:
+    """The sections one function loaded. Asking for a section it did not load is a bug, not a default."""
+
+    def __init__(self, sections: Mapping[str, object]):
+        self._sections = dict(sections)
+
+    def _section(self, name: str):  # noqa: ANN202 - typed by the properties below
+        try:
+            return self._sections[name]
+        except KeyError:
+            raise SettingsError([f"settings section {name!r} was not loaded by this function"]) from None
+
+    @property
+    def storage(self) -> StorageSettings:
+        return self._section("storage")
+
+    @property
+    def database(self) -> DatabaseSettings:
+        return self._section("database")
+
+    @property
+    def clamd(self) -> ClamdSettings:
+        return self._section("clamd")
+
+    @property
+    def auth(self) -> AuthSettings:
+        return self._section("auth")
+
+    @property
+    def limits(self) -> LimitSettings:
+        return self._section("limits")
+
+    @property
+    def events(self) -> EventSettings:
+        return self._section("events")
+
+    @classmethod
+    def from_env(cls, sections: Iterable[str], environ: Mapping[str, str] | None = None) -> Settings:
+        env = _EnvReader(os.environ if environ is None else environ)
+        loaded = {}
+        for name in sections:
+            if name not in _SECTIONS:
+                raise ValueError(f"unknown settings section {name!r}; known: {', '.join(_SECTIONS)}")
+            loaded[name] = _SECTIONS[name].read(env)
+        if env.problems:
+            raise SettingsError(env.problems)
+        return cls(loaded)
+
+
+def required_variables(sections: Iterable[str]) -> list[str]:
+    """Names of the variables a function with these sections cannot start without (for manifests checks)."""
+    try:
+        Settings.from_env(sections, environ={})
+    except SettingsError as exc:
+        return sorted(p.split(" ", 1)[0] for p in exc.problems if p.endswith("is required but not set"))
+    return []

@@ -1,0 +1,95 @@
+"""The S3 client and the bucket set-up step.
+
+boto3 is the one S3 client of the data path: the same code then works against
+MinIO, SeaweedFS and AWS S3, and botocore implements every call dropgate needs
+(multipart, presigning, checksums, object lock, lifecycle, tagging, encryption)
+with SigV4 and standard retries.
+"""
+
+from __future__ import annotations
+
+import boto3
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from shared.settings import StorageSettings
+
+# Browsers must read ETag to complete a multipart upload, so CORS exposes it.
+_CORS_EXPOSED_HEADERS = ["ETag", "x-amz-checksum-sha256", "x-amz-request-id"]
+
+
+def create_s3_client(settings: StorageSettings, *, public: bool = False, max_attempts: int = 3) -> BaseClient:
+    """A SigV4 client with path-style addressing (MinIO and SeaweedFS serve buckets under the path).
+
+    `public=True` targets the endpoint browsers reach, for presigning only: a
+    presigned URL is bound to the host it was signed for.
+    """
+    endpoint = settings.public_endpoint_url if public else settings.endpoint_url
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=5,
+            read_timeout=60,
+            # Send checksums only when an operation requires one: S3-compatible
+            # servers differ in what they accept for optional checksum headers.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def check_storage(client: BaseClient, bucket: str) -> None:
+    """Health check: the bucket exists and the credentials can reach it."""
+    client.head_bucket(Bucket=bucket)
+
+
+def ensure_bucket(client: BaseClient, bucket: str) -> bool:
+    """Create the bucket unless it exists; True when it was created."""
+    try:
+        client.head_bucket(Bucket=bucket)
+        return False
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+    try:
+        client.create_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+        return False
+    return True
+
+
+def set_upload_cors(client: BaseClient, bucket: str, origins: tuple[str, ...]) -> None:
+    """Let the web origins PUT parts and read ETag; nothing else crosses origins."""
+    client.put_bucket_cors(
+        Bucket=bucket,
+        CORSConfiguration={"CORSRules": [{
+            "AllowedOrigins": list(origins),
+            "AllowedMethods": ["PUT", "GET", "HEAD"],
+            "AllowedHeaders": ["*"],
+            "ExposeHeaders": _CORS_EXPOSED_HEADERS,
+            "MaxAgeSeconds": 3600,
+        }]},
+    )
+
+
+def set_up_buckets(settings: StorageSettings, client: BaseClient | None = None) -> list[str]:
+    """The set-up step run by the local stack and by the production set-up Job. Idempotent."""
+    client = client or create_s3_client(settings)
+    actions = []
+    for bucket in (settings.uploads_bucket, settings.quarantine_bucket):
+        if ensure_bucket(client, bucket):
+            actions.append(f"created bucket {bucket}")
+    if settings.allowed_origins:
+        set_upload_cors(client, settings.uploads_bucket, settings.allowed_origins)
+        actions.append(f"CORS on {settings.uploads_bucket} for {', '.join(settings.allowed_origins)}")
+    return actions

@@ -1,0 +1,163 @@
+"""The HTTP side of every function: routing, JSON bodies, errors, health.
+
+functions-framework hands each function one `flask.Request`; this module turns
+a small route table into that one callable. Every function, HTTP or
+CloudEvent, answers `GET /healthz` (Knative's readiness probe) with the state
+of the services it really depends on, and every error leaves as
+`{"error", "detail"}` JSON with the status its exception class carries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+from cloudevents.conversion import to_binary
+from cloudevents.exceptions import GenericException as CloudEventError
+from cloudevents.http import CloudEvent, from_http
+
+from shared.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+from shared.logs import log_event
+
+logger = logging.getLogger("dropgate.web")
+
+MAX_JSON_BODY = 256 * 1024  # API bodies are small; a part list of 10,000 entries fits
+HEALTH_PATH = "/healthz"
+
+HealthCheck = Callable[[], None]  # raises when the dependency is not usable
+
+
+def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> flask.Response:
+    response = flask.Response(json.dumps(body, default=str), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def error_response(error: ApiError) -> flask.Response:
+    return json_response(error.status, {"error": error.error, "detail": error.detail}, error.headers)
+
+
+def read_json(request: flask.Request, *, max_bytes: int = MAX_JSON_BODY) -> dict[str, Any]:
+    """The request's JSON object, or a 4xx that says what is wrong with it."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    mimetype = request.mimetype or ""
+    if raw and mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(f"expected application/json, got {mimetype}")
+    try:
+        body = json.loads(raw or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object")
+    return body
+
+
+def health_response(checks: Mapping[str, HealthCheck]) -> flask.Response:
+    results: dict[str, str] = {}
+    healthy = True
+    for name, check in checks.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure makes the dependency unhealthy
+            healthy = False
+            results[name] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
+    return json_response(200 if healthy else 503, {"status": "ok" if healthy else "unavailable", "checks": results})
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str  # "/uploads/{id}/parts"; a {name} matches one path segment
+    handler: Callable[..., flask.Response]
+
+    def compile(self) -> re.Pattern[str]:
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template)
+        return re.compile(f"^{pattern}/?$")
+
+
+class HttpApp:
+    """Dispatches a request to the route matching its method and path."""
+
+    def __init__(self, routes: list[Route], health_checks: Mapping[str, HealthCheck]):
+        self._routes = [(route, route.compile()) for route in routes]
+        self._health_checks = health_checks
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        if request.path == HEALTH_PATH and request.method == "GET":
+            return health_response(self._health_checks)
+        try:
+            route, params = self._match(request)
+            return route.handler(request, **params)
+        except ApiError as exc:
+            log_event(logger, "request refused", logging.INFO, method=request.method, path=request.path,
+                      status=exc.status, error=exc.error, detail=exc.detail)
+            return error_response(exc)
+
+    def _match(self, request: flask.Request) -> tuple[Route, dict[str, str]]:
+        allowed: list[str] = []
+        for route, pattern in self._routes:
+            found = pattern.match(request.path)
+            if found:
+                if route.method == request.method:
+                    return route, found.groupdict()
+                allowed.append(route.method)
+        if allowed:
+            raise MethodNotAllowed(f"{request.method} not allowed on {request.path}; use {', '.join(allowed)}",
+                                   headers={"Allow": ", ".join(allowed)})
+        raise NotFound(f"no such endpoint: {request.method} {request.path}")
+
+
+CloudEventHandler = Callable[[CloudEvent], "CloudEvent | None"]
+
+
+class CloudEventApp:
+    """Receives one CloudEvent (binary or structured mode), replies with an optional CloudEvent.
+
+    A reply travels back to the broker in binary mode, which is how Knative
+    routes a subscriber's answer as a new event.
+    """
+
+    def __init__(self, handler: CloudEventHandler, health_checks: Mapping[str, HealthCheck]):
+        self._handler = handler
+        self._health_checks = health_checks
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        if request.path == HEALTH_PATH and request.method == "GET":
+            return health_response(self._health_checks)
+        try:
+            if request.method != "POST":
+                raise MethodNotAllowed("CloudEvents are delivered with POST", headers={"Allow": "POST"})
+            event = parse_cloudevent(request)
+            reply = self._handler(event)
+        except ApiError as exc:
+            log_event(logger, "event refused", logging.WARNING, path=request.path,
+                      event_id=request.headers.get("ce-id"), status=exc.status, error=exc.error, detail=exc.detail)
+            return error_response(exc)
+        if reply is None:
+            return flask.Response(status=204)
+        headers, body = to_binary(reply)
+        return flask.Response(body, status=200, headers=headers)
+
+
+def parse_cloudevent(request: flask.Request) -> CloudEvent:
+    """The CloudEvent in the request, or 400 naming what is missing or malformed."""
+    body = request.get_data()
+    if len(body) > 1024 * 1024:
+        raise PayloadTooLarge("CloudEvent larger than 1 MiB")
+    try:
+        return from_http(dict(request.headers), body)
+    except CloudEventError as exc:
+        raise BadRequest(f"malformed CloudEvent: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"malformed CloudEvent: {exc}") from None

@@ -1,0 +1,91 @@
+"""Settings: every problem is named at start-up; nothing falls back silently."""
+
+import pytest
+
+from shared.settings import GIB, MIB, Settings, SettingsError, parse_size, required_variables
+
+STORAGE_ENV = {"DROPGATE_S3_ACCESS_KEY": "key", "DROPGATE_S3_SECRET_KEY": "secret"}
+AUTH_ENV = {"DROPGATE_OIDC_ISSUER": "https://id.example/realms/x", "DROPGATE_OIDC_AUDIENCE": "dropgate",
+            "DROPGATE_OIDC_JWKS_URL": "https://id.example/realms/x/certs"}
+
+
+def problems(sections, environ):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env(sections, environ)
+    return raised.value.problems
+
+
+def test_every_missing_variable_is_named_at_once():
+    found = problems(["storage", "database", "auth"], {})
+    assert found == [
+        "DROPGATE_S3_ACCESS_KEY is required but not set",
+        "DROPGATE_S3_SECRET_KEY is required but not set",
+        "DATABASE_URL is required but not set",
+        "DROPGATE_OIDC_ISSUER is required but not set",
+        "DROPGATE_OIDC_AUDIENCE is required but not set",
+        "DROPGATE_OIDC_JWKS_URL is required but not set",
+    ]
+
+
+def test_error_message_lists_the_variables():
+    with pytest.raises(SettingsError, match="DATABASE_URL is required"):
+        Settings.from_env(["database"], {})
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), [
+    ("DROPGATE_S3_ENDPOINT", "localhost:8333", "expected an http(s) URL"),
+    ("DROPGATE_MAX_UPLOAD_SIZE", "lots", "expected a byte size"),
+    ("DROPGATE_PART_SIZE", "1MiB", f"must be at least {5 * MIB}"),
+    ("DROPGATE_RETENTION_DAYS", "31", "must be at most 30"),
+    ("DROPGATE_RETENTION_DAYS", "thirty", "invalid literal"),
+    ("DROPGATE_CLAMD_ADDRESS", "clamd", "expected host:port"),
+    ("DROPGATE_CLAMD_ADDRESS", "clamd:99999", "expected host:port"),
+    ("DROPGATE_JWT_ALGORITHMS", "RS256,HS256", "HS256 not allowed"),
+    ("DROPGATE_JWT_ALGORITHMS", "none", "none not allowed"),
+])
+def test_malformed_values_name_the_variable_and_the_reason(name, value, reason):
+    environ = {**STORAGE_ENV, **AUTH_ENV, "DATABASE_URL": "postgresql://x/y", name: value}
+    found = problems(["storage", "database", "clamd", "auth", "limits"], environ)
+    assert len(found) == 1
+    assert found[0].startswith(f"{name}={value!r}") or found[0].startswith(f"{name}:")
+    assert reason in found[0]
+
+
+def test_defaults_are_the_documented_ones():
+    settings = Settings.from_env(["storage", "limits", "clamd", "auth"], {**STORAGE_ENV, **AUTH_ENV})
+    assert settings.storage.uploads_bucket == "dropgate-uploads"
+    assert settings.storage.endpoint_url is None  # AWS S3
+    assert settings.limits.max_upload_size == GIB
+    assert settings.limits.default_part_size == 8 * MIB
+    assert settings.limits.retention_days == 30
+    assert (settings.clamd.host, settings.clamd.port) == ("127.0.0.1", 3310)
+    assert settings.auth.roles_claim == "realm_access.roles"
+    assert settings.auth.algorithms == ("RS256", "ES256")
+
+
+def test_public_endpoint_defaults_to_the_endpoint():
+    settings = Settings.from_env(["storage"], {**STORAGE_ENV, "DROPGATE_S3_ENDPOINT": "http://minio:9000/"})
+    assert settings.storage.endpoint_url == "http://minio:9000"
+    assert settings.storage.public_endpoint_url == "http://minio:9000"
+
+
+def test_a_section_not_loaded_is_an_error_not_a_default():
+    settings = Settings.from_env(["storage"], STORAGE_ENV)
+    with pytest.raises(SettingsError, match="'clamd' was not loaded"):
+        _ = settings.clamd
+
+
+def test_unknown_section_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown settings section 'store'"):
+        Settings.from_env(["store"], {})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("1048576", 1048576), ("8MiB", 8 * MIB), ("1 GiB", GIB), ("10MB", 10_000_000), ("5kib", 5120)])
+def test_parse_size(raw, expected):
+    assert parse_size(raw) == expected
+
+
+def test_required_variables_lists_what_a_function_cannot_start_without():
+    assert required_variables(["database", "clamd"]) == ["DATABASE_URL"]
+    assert "DROPGATE_OIDC_JWKS_URL" in required_variables(["auth"])
