@@ -164,8 +164,7 @@ class LocalStack:
             webhook_url=f"{self.ports.function_url('storage_events')}/seaweedfs" if webhook else None,
             webhook_token=self.secrets.webhook_token if webhook else None, buckets=buckets)
         weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
-        argv = seaweed.mini_command(weed, data_dir=weed_data, config_dir=config_dir, ports=self.ports.seaweed,
-                                    buckets=buckets)
+        argv = seaweed.mini_command(weed, data_dir=weed_data, config_dir=config_dir, ports=self.ports.seaweed)
         child = self._start("seaweedfs", argv, cwd=seaweed.working_dir(config_dir))
         deadline = time.monotonic() + 120
         while True:

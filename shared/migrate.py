@@ -1,9 +1,10 @@
 """Versioned SQL migrations: `python -m shared.migrate` (also `dropgate-dev migrate`).
 
 Files `shared/migrations/NNNN_name.sql` are applied in order, each in its own
-transaction, and recorded with their checksum. A transaction-level advisory
-lock makes concurrent runs (two pods of the migration Job) safe: the second
-waits, then finds nothing to do. An applied file whose text changed is an
+transaction, and recorded with their checksum. A session-level advisory lock,
+taken before anything else (even `CREATE TABLE IF NOT EXISTS` races in
+PostgreSQL's catalog), makes concurrent runs (two pods of the migration Job)
+safe: the second waits, then finds nothing to do. An applied file whose text changed is an
 error, never silently skipped.
 """
 
@@ -53,30 +54,39 @@ def apply_migrations(database_url: str) -> list[Migration]:
     """Apply what is missing; return the migrations applied by this call."""
     applied_now = []
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in available_migrations():
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-                row = conn.execute(
-                    "SELECT checksum FROM schema_migrations WHERE version = %s", (migration.version,)
-                ).fetchone()
-                if row is not None:
-                    if row[0] != migration.checksum:
-                        raise MigrationError(
-                            f"migration {migration.version:04d}_{migration.name} was changed after it was "
-                            "applied; add a new migration instead of editing an applied one")
-                    continue
-                conn.execute(migration.sql)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, migration.checksum),
-                )
-                applied_now.append(migration)
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for migration in available_migrations():
+                if _apply_one(conn, migration):
+                    applied_now.append(migration)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return applied_now
+
+
+def _apply_one(conn: psycopg.Connection, migration: Migration) -> bool:
+    """Apply one migration in its own transaction; False when it was applied before."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT checksum FROM schema_migrations WHERE version = %s", (migration.version,)
+        ).fetchone()
+        if row is not None:
+            if row[0] != migration.checksum:
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} was changed after it was "
+                    "applied; add a new migration instead of editing an applied one")
+            return False
+        conn.execute(migration.sql)
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            (migration.version, migration.name, migration.checksum),
+        )
+    return True
 
 
 def main() -> int:

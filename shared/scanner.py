@@ -47,6 +47,9 @@ class StreamingClamd(clamd.ClamdNetworkSocket):
         sent = 0
         try:
             self._init_socket()
+        except clamd.ConnectionError as exc:
+            raise ScannerUnavailable(f"clamd at {self.host}:{self.port}: {exc}") from exc
+        try:
             self._send_command("INSTREAM")
             for chunk in chunks:
                 if not chunk:
