@@ -1,5 +1,5 @@
 # Shortcuts; the README's two commands are the scripts themselves.
-.PHONY: dev test bootstrap migrate
+.PHONY: dev test bootstrap migrate bench-signing
 
 dev:
 	bash local-dev/up.sh
@@ -12,3 +12,7 @@ bootstrap:
 
 migrate: bootstrap
 	.venv/bin/dropgate-dev migrate
+
+# Benchmarks print ratios against a baseline measured in the same run (never part of the tests).
+bench-signing: bootstrap
+	.venv/bin/python -m bench.signing

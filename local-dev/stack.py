@@ -203,13 +203,16 @@ class LocalStack:
             env["DATABASE_URL"] = self.database_url
         return env
 
-    def start_function(self, name: str) -> ChildProcess:
-        env = {**os.environ, **self.function_env(), "PYTHONUNBUFFERED": "1"}
+    def start_function(self, name: str, *, port: int | None = None, extra_env: dict[str, str] | None = None,
+                       label: str | None = None) -> ChildProcess:
+        """One function as its own functions-framework process; tests pass other settings and a port of their own."""
+        port = port or self.ports.functions[name]
+        env = {**os.environ, **self.function_env(), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "functions_framework", "--source", str(SOURCE_DIR / "functions" / name / "main.py"),
-                "--target", "handle", "--host", HOST, "--port", str(self.ports.functions[name])]
-        child = self._start(name, argv, env=env)
+                "--target", "handle", "--host", HOST, "--port", str(port)]
+        child = self._start(label or name, argv, env=env)
         # Up means serving; /healthz may still say a dependency is down, which is its job to say.
-        health = f"{self.ports.function_url(name)}/healthz"
+        health = f"http://{HOST}:{port}/healthz"
         child.wait_until(lambda: _answers_http(health), timeout=60)
         return child
 

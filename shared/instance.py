@@ -42,11 +42,12 @@ class FunctionInstance:
         self.name = name
         self.sections = tuple(sections)
         self.settings = load_settings_or_exit(self.sections)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: one built object may need another
         self._built: dict[str, object] = {}
         atexit.register(self.stop)
 
-    def _once(self, key: str, build: Callable[[], T]) -> T:
+    def once(self, key: str, build: Callable[[], T]) -> T:
+        """Build a per-instance object on first use (in the serving worker), then reuse it."""
         with self._lock:
             if key not in self._built:
                 self._built[key] = build()
@@ -54,15 +55,15 @@ class FunctionInstance:
 
     @property
     def db(self) -> ConnectionPool:
-        return self._once("db", lambda: create_pool(self.settings.database))
+        return self.once("db", lambda: create_pool(self.settings.database))
 
     @property
     def s3(self) -> BaseClient:
-        return self._once("s3", lambda: create_s3_client(self.settings.storage))
+        return self.once("s3", lambda: create_s3_client(self.settings.storage))
 
     @property
     def scanner(self) -> StreamingClamd:
-        return self._once("scanner", lambda: create_scanner(self.settings.clamd))
+        return self.once("scanner", lambda: create_scanner(self.settings.clamd))
 
     def health_checks(self) -> dict[str, HealthCheck]:
         """A check for each real dependency of this function, by the sections it loaded."""

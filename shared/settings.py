@@ -222,6 +222,9 @@ class AuthSettings:
     roles_claim: str  # dotted path into the token, Keycloak's realm roles by default
     algorithms: tuple[str, ...]
     leeway_seconds: int
+    # An unknown `kid` refetches the JWKS at most this often, so tokens with made-up
+    # kids cannot make every request hit the identity provider.
+    jwks_refresh_cooldown_seconds: int
 
     @classmethod
     def read(cls, env: _EnvReader) -> AuthSettings:
@@ -238,6 +241,7 @@ class AuthSettings:
             roles_claim=env.text("DROPGATE_ROLES_CLAIM", "realm_access.roles"),
             algorithms=algorithms,
             leeway_seconds=env.integer("DROPGATE_JWT_LEEWAY", 30, minimum=0, maximum=300),
+            jwks_refresh_cooldown_seconds=env.integer("DROPGATE_JWKS_REFRESH_COOLDOWN", 10, minimum=0, maximum=3600),
         )
 
 

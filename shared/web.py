@@ -21,7 +21,12 @@ from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_http
 
-from shared.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, UnsupportedMediaType
+import psycopg
+from botocore.exceptions import BotoCoreError
+from psycopg_pool import PoolTimeout
+
+from shared.errors import (ApiError, BadRequest, DependencyUnavailable, MethodNotAllowed, NotFound, PayloadTooLarge,
+                           UnsupportedMediaType)
 from shared.logs import log_event
 
 logger = logging.getLogger("dropgate.web")
@@ -86,16 +91,49 @@ class Route:
         return re.compile(f"^{pattern}/?$")
 
 
-class HttpApp:
-    """Dispatches a request to the route matching its method and path."""
+def dependency_failure(exc: Exception) -> DependencyUnavailable | None:
+    """A 503 for the failures of a backing service that a retry can cure; None for bugs."""
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        return DependencyUnavailable(f"the database is unavailable: {type(exc).__name__}",
+                                     headers={"Retry-After": "5"})
+    if isinstance(exc, BotoCoreError):
+        return DependencyUnavailable(f"storage is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"})
+    return None
 
-    def __init__(self, routes: list[Route], health_checks: Mapping[str, HealthCheck]):
+
+def unexpected_error_response(request: flask.Request, exc: Exception) -> flask.Response:
+    dependency = dependency_failure(exc)
+    if dependency is not None:
+        log_event(logger, "dependency unavailable", logging.WARNING, method=request.method, path=request.path,
+                  detail=str(exc)[:500])
+        return error_response(dependency)
+    logger.exception("unhandled error on %s %s", request.method, request.path)
+    return json_response(500, {"error": "internal_error", "detail": "an unexpected error; it has been logged"})
+
+
+class HttpApp:
+    """Dispatches a request to the route matching its method and path.
+
+    With `cors_origins`, browsers on those origins may call the API: preflight
+    requests are answered here, and every answer carries the CORS headers.
+    """
+
+    def __init__(self, routes: list[Route], health_checks: Mapping[str, HealthCheck], *,
+                 cors_origins: tuple[str, ...] = ()):
         self._routes = [(route, route.compile()) for route in routes]
         self._health_checks = health_checks
+        self._cors_origins = frozenset(cors_origins)
 
     def __call__(self, request: flask.Request) -> flask.Response:
         if request.path == HEALTH_PATH and request.method == "GET":
             return health_response(self._health_checks)
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+            response = flask.Response(status=204)
+        else:
+            response = self._dispatch(request)
+        return self._with_cors(request, response)
+
+    def _dispatch(self, request: flask.Request) -> flask.Response:
         try:
             route, params = self._match(request)
             return route.handler(request, **params)
@@ -103,6 +141,19 @@ class HttpApp:
             log_event(logger, "request refused", logging.INFO, method=request.method, path=request.path,
                       status=exc.status, error=exc.error, detail=exc.detail)
             return error_response(exc)
+        except Exception as exc:  # noqa: BLE001 - every answer is JSON, even for a bug
+            return unexpected_error_response(request, exc)
+
+    def _with_cors(self, request: flask.Request, response: flask.Response) -> flask.Response:
+        origin = request.headers.get("Origin")
+        if origin and origin in self._cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
 
     def _match(self, request: flask.Request) -> tuple[Route, dict[str, str]]:
         allowed: list[str] = []
@@ -144,6 +195,8 @@ class CloudEventApp:
             log_event(logger, "event refused", logging.WARNING, path=request.path,
                       event_id=request.headers.get("ce-id"), status=exc.status, error=exc.error, detail=exc.detail)
             return error_response(exc)
+        except Exception as exc:  # noqa: BLE001 - a 5xx makes the broker redeliver
+            return unexpected_error_response(request, exc)
         if reply is None:
             return flask.Response(status=204)
         headers, body = to_binary(reply)
