@@ -1,5 +1,5 @@
 # Shortcuts; the README's two commands are the scripts themselves.
-.PHONY: dev test bootstrap migrate bench-signing
+.PHONY: dev test bootstrap migrate bench bench-signing bench-scan
 
 dev:
 	bash local-dev/up.sh
@@ -16,3 +16,8 @@ migrate: bootstrap
 # Benchmarks print ratios against a baseline measured in the same run (never part of the tests).
 bench-signing: bootstrap
 	.venv/bin/python -m bench.signing
+
+bench-scan: bootstrap
+	.venv/bin/python -m bench.scan
+
+bench: bench-signing bench-scan

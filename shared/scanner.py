@@ -1,14 +1,17 @@
 """Streaming virus scan through clamd's INSTREAM command.
 
-We use the `clamd` package for the connection and its reply parsing, but not
-its `instream()`: that sends 1 KiB chunks with `socket.send` (a short write
-silently corrupts the stream) and reads from a file object. `StreamingClamd`
-keeps the package's socket handling and sends bounded chunks from any
-iterable with `sendall`, so an object is never held whole in memory.
+We use the `clamd` package's client class (address, timeout, the rest of its
+commands), but not its `instream()`: that sends 1 KiB chunks with
+`socket.send` (a short write silently corrupts the stream), reads from a file
+object, and keeps one socket on the instance, which the threads of one
+function instance would share. `StreamingClamd` speaks INSTREAM itself on a
+connection of its own per call, sending bounded chunks from any iterable with
+`sendall`, so an object is never held whole in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from collections.abc import Iterable
@@ -36,45 +39,56 @@ class ScanResult:
 
 
 class StreamingClamd(clamd.ClamdNetworkSocket):
-    def _init_socket(self) -> None:
+    """Thread-safe: every call opens its own connection (the package keeps one socket on the
+    instance, which concurrent requests of one function instance would share)."""
+
+    def _connect(self) -> socket.socket:
         # The package sets its timeout only after connect(); a dead host would hang.
         try:
-            self.clamd_socket = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            return socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
-            raise clamd.ConnectionError(self._error_message(exc)) from exc
+            raise ScannerUnavailable(f"clamd at {self.host}:{self.port}: {exc}") from exc
+
+    def ping(self) -> str:
+        with self._connect() as connection:
+            connection.sendall(b"nPING\n")
+            return _read_line(connection)
 
     def scan_chunks(self, chunks: Iterable[bytes]) -> ScanResult:
         sent = 0
-        try:
-            self._init_socket()
-        except clamd.ConnectionError as exc:
-            raise ScannerUnavailable(f"clamd at {self.host}:{self.port}: {exc}") from exc
-        try:
-            self._send_command("INSTREAM")
-            for chunk in chunks:
-                if not chunk:
-                    continue
-                self.clamd_socket.sendall(struct.pack("!L", len(chunk)) + chunk)
-                sent += len(chunk)
-            self.clamd_socket.sendall(struct.pack("!L", 0))
-            reply = self._recv_response()
-        except (OSError, clamd.ConnectionError) as exc:
-            if isinstance(exc, BrokenPipeError | ConnectionResetError):
-                # clamd closes the stream when StreamMaxLength is passed; its
-                # reply may still be readable.
-                reply = self._try_read_reply()
-                if reply == _SIZE_LIMIT_REPLY:
-                    return ScanResult("limit_exceeded", detail=reply, bytes_scanned=sent)
-            raise ScannerUnavailable(f"clamd at {self.host}:{self.port}: {exc}") from exc
-        finally:
-            self._close_socket()
+        with self._connect() as connection:
+            try:
+                connection.sendall(b"nINSTREAM\n")
+                for chunk in chunks:
+                    if not chunk:
+                        continue
+                    connection.sendall(struct.pack("!L", len(chunk)) + chunk)
+                    sent += len(chunk)
+                connection.sendall(struct.pack("!L", 0))
+                reply = _read_line(connection)
+            except OSError as exc:
+                if isinstance(exc, BrokenPipeError | ConnectionResetError):
+                    # clamd closes the stream when StreamMaxLength is passed; its
+                    # reply may still be readable.
+                    reply = _try_read_line(connection)
+                    if reply == _SIZE_LIMIT_REPLY:
+                        return ScanResult("limit_exceeded", detail=reply, bytes_scanned=sent)
+                raise ScannerUnavailable(f"clamd at {self.host}:{self.port}: {exc}") from exc
+        if not reply:
+            raise ScannerUnavailable(f"clamd at {self.host}:{self.port} closed the connection without a verdict")
         return _interpret(reply, sent)
 
-    def _try_read_reply(self) -> str | None:
-        try:
-            return self._recv_response()
-        except Exception:  # noqa: BLE001 - best effort after the peer closed
-            return None
+
+def _read_line(connection: socket.socket) -> str:
+    with contextlib.closing(connection.makefile("rb")) as reader:
+        return reader.readline().decode("utf-8", "replace").strip()
+
+
+def _try_read_line(connection: socket.socket) -> str | None:
+    try:
+        return _read_line(connection)
+    except OSError:
+        return None
 
 
 def _interpret(reply: str, sent: int) -> ScanResult:

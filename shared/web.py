@@ -22,12 +22,15 @@ from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_http
 
 import psycopg
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError
 from psycopg_pool import PoolTimeout
 
+from events.types import InvalidEvent
 from shared.errors import (ApiError, BadRequest, DependencyUnavailable, MethodNotAllowed, NotFound, PayloadTooLarge,
                            UnsupportedMediaType)
 from shared.logs import log_event
+from shared.scanner import ScannerUnavailable
+from shared.scanning import IncompleteRead
 
 logger = logging.getLogger("dropgate.web")
 
@@ -96,8 +99,12 @@ def dependency_failure(exc: Exception) -> DependencyUnavailable | None:
     if isinstance(exc, psycopg.OperationalError | PoolTimeout):
         return DependencyUnavailable(f"the database is unavailable: {type(exc).__name__}",
                                      headers={"Retry-After": "5"})
-    if isinstance(exc, BotoCoreError):
-        return DependencyUnavailable(f"storage is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"})
+    if isinstance(exc, BotoCoreError | IncompleteRead) or (
+            isinstance(exc, ClientError) and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500):
+        return DependencyUnavailable(f"storage is unavailable: {type(exc).__name__}: {exc}"[:300],
+                                     headers={"Retry-After": "5"})
+    if isinstance(exc, ScannerUnavailable):
+        return DependencyUnavailable(f"the virus scanner is unavailable: {exc}"[:300], headers={"Retry-After": "10"})
     return None
 
 
@@ -191,6 +198,11 @@ class CloudEventApp:
                 raise MethodNotAllowed("CloudEvents are delivered with POST", headers={"Allow": "POST"})
             event = parse_cloudevent(request)
             reply = self._handler(event)
+        except InvalidEvent as exc:
+            # Not retryable: the broker sends a 4xx straight to the dead-letter sink.
+            log_event(logger, "event refused", logging.WARNING, path=request.path, event_id=exc.event_id,
+                      status=400, detail=str(exc))
+            return error_response(BadRequest(str(exc)))
         except ApiError as exc:
             log_event(logger, "event refused", logging.WARNING, path=request.path,
                       event_id=request.headers.get("ce-id"), status=exc.status, error=exc.error, detail=exc.detail)

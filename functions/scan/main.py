@@ -1,22 +1,47 @@
-"""scan: streams each uploaded object through clamd and records the verdict.
+"""scan: streams each uploaded object through clamd, records one verdict, replies with it.
 
+Triggered by "object created" CloudEvents of the uploads bucket. The reply is a
+`dev.dropgate.scan.<verdict>` CloudEvent, which the broker routes onwards.
 Run: functions-framework --source functions/scan/main.py --target handle
 """
 
+import uuid
+
 import functions_framework
 
-from shared.errors import NotImplementedYet
+from events.types import ObjectCreated, ScanVerdict
 from shared.instance import FunctionInstance
+from shared.scanning import ObjectScanner, ScanResult
 from shared.web import CloudEventApp
 
 instance = FunctionInstance("scan", ["storage", "database", "clamd", "events"])
+settings = instance.settings
 
 
-def handle_event(event):
-    raise NotImplementedYet("the scan handler is not implemented yet; only /healthz answers")
+def object_scanner() -> ObjectScanner:
+    return instance.once("object_scanner", lambda: ObjectScanner(
+        storage=settings.storage, clamd=settings.clamd, pool=instance.db, s3=instance.s3, scanner=instance.scanner))
 
 
-app = CloudEventApp(handle_event, health_checks=instance.health_checks())
+def verdict_event(result: ScanResult) -> ScanVerdict:
+    # One verdict per upload, so one id: a duplicate delivery replies with the same event.
+    return ScanVerdict(
+        id=f"{result.upload_id}.scan", source=f"{settings.events.source}/scan", time=result.scanned_at,
+        upload_id=uuid.UUID(result.upload_id), verdict=result.verdict, bucket=result.bucket, key=result.key, size=result.size,
+        sha256=result.sha256, detected_type=result.detected_type,
+        signature=result.detail if result.verdict == "infected" else None,
+        reason=result.detail if result.verdict in ("rejected", "failed") else None)
+
+
+def scan_event(event):
+    created = ObjectCreated.from_cloudevent(event)
+    if created.bucket != settings.storage.uploads_bucket:
+        return None  # quarantine copies and foreign buckets are not scanned
+    result = object_scanner().scan(created.bucket, created.key, event_id=created.id)
+    return None if result is None else verdict_event(result).to_cloudevent()
+
+
+app = CloudEventApp(scan_event, health_checks=instance.health_checks())
 
 
 @functions_framework.http
