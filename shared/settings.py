@@ -280,6 +280,9 @@ class EventSettings:
     sink_url: str | None  # K_SINK, injected by a Knative SinkBinding; where emitted CloudEvents go
     webhook_token: str | None  # the bearer token storage sends with its notifications
     source: str  # CloudEvents `source` prefix for events dropgate itself emits
+    # The uploads and quarantine buckets (same variables as the storage section): the storage
+    # adapter ignores notifications about any other bucket, without needing storage credentials.
+    owned_buckets: tuple[str, ...] = ("dropgate-uploads", "dropgate-quarantine")
 
     @classmethod
     def read(cls, env: _EnvReader) -> EventSettings:
@@ -287,6 +290,8 @@ class EventSettings:
             sink_url=env.optional_url("K_SINK"),
             webhook_token=env.optional_text("DROPGATE_WEBHOOK_TOKEN"),
             source=env.text("DROPGATE_EVENT_SOURCE", "dropgate"),
+            owned_buckets=(env.text("DROPGATE_UPLOADS_BUCKET", "dropgate-uploads"),
+                           env.text("DROPGATE_QUARANTINE_BUCKET", "dropgate-quarantine")),
         )
 
 

@@ -1,19 +1,32 @@
 """metadata: records what storage reports about each object, idempotently.
 
+Consumes com.amazonaws.s3.ObjectCreated:* / ObjectRemoved:* CloudEvents (both buckets) and
+replies with dev.dropgate.metadata.recorded when an upload's record changed. Rules:
+shared/metadata.py; event shapes: events/types.py.
+
 Run: functions-framework --source functions/metadata/main.py --target handle
 """
 
 import functions_framework
 
-from shared.errors import NotImplementedYet
+from events.types import StorageObjectEvent
 from shared.instance import FunctionInstance
+from shared.metadata import MetadataRecorder
 from shared.web import CloudEventApp
 
 instance = FunctionInstance("metadata", ["database", "events"])
 
 
+def recorder() -> MetadataRecorder:
+    return instance.once("recorder", lambda: MetadataRecorder(
+        instance.db, source=f"{instance.settings.events.source}/metadata"))
+
+
 def handle_event(event):
-    raise NotImplementedYet("the metadata handler is not implemented yet; only /healthz answers")
+    storage_event = StorageObjectEvent.from_cloudevent(event)  # InvalidEvent: 400, see shared.web
+    recorded = recorder().record(storage_event)
+    reply = recorder().reply(storage_event, recorded)
+    return reply.to_cloudevent() if reply else None
 
 
 app = CloudEventApp(handle_event, health_checks=instance.health_checks())

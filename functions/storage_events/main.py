@@ -1,15 +1,23 @@
 """storage_events: storage notification webhook -> CloudEvents to the broker (K_SINK).
 
+POST /minio      MinIO bucket notifications (webhook target, auth_token as bearer)
+POST /seaweedfs  SeaweedFS filer notifications (notification.webhook, bearer_token)
+Answers and status codes: events/webhook.py. Mapping rules: docs/events.md.
+
 Run: functions-framework --source functions/storage_events/main.py --target handle
 """
 
 import functions_framework
 
+from events.emit import EventSink
+from events.webhook import StorageWebhook
 from shared.instance import FunctionInstance
-from shared.web import HttpApp
+from shared.web import HttpApp, Route
 
 instance = FunctionInstance("storage_events", ["events"])
-app = HttpApp(routes=[], health_checks=instance.health_checks())
+webhook = StorageWebhook(instance.settings.events, EventSink(instance.settings.events.sink_url))
+app = HttpApp(routes=[Route("POST", "/minio", webhook.minio), Route("POST", "/seaweedfs", webhook.seaweedfs)],
+              health_checks=instance.health_checks())
 
 
 @functions_framework.http
