@@ -530,10 +530,10 @@ def test_routing_follows_the_events_contract(name: str) -> None:
     for event in ("ObjectCreated:Put", "ObjectCreated:CompleteMultipartUpload"):
         assert subscribers(s3(event, uploads)) == {"dropgate-scan", "dropgate-metadata"}
     for event in ("ObjectCreated:Put", "ObjectCreated:CompleteMultipartUpload", "ObjectCreated:Copy",
-                  "ObjectRemoved:Delete"):
+                  "ObjectRemoved:Delete", "ObjectRemoved:DeleteMarkerCreated"):
         assert "dropgate-metadata" in subscribers(s3(event, uploads))
         assert subscribers(s3(event, quarantine)) == {"dropgate-metadata"}
-    for event in ("ObjectCreated:Copy", "ObjectRemoved:Delete"):
+    for event in ("ObjectCreated:Copy", "ObjectRemoved:Delete", "ObjectRemoved:DeleteMarkerCreated"):
         assert subscribers(s3(event, uploads)) == {"dropgate-metadata"}
     assert subscribers(s3("ObjectCreated:Put", "not-ours")) == set()
     (ping,) = table.pings

@@ -409,7 +409,7 @@ def _dead_letters(path: Path) -> list[dict]:
 def test_health_and_routes(router) -> None:
     health = _get(f"{router['url']}/healthz")
     assert health["status"] == "ok" and health["brokers"] == ["dropgate"]
-    assert health["triggers"] == 11 and health["pingsources"] == ["dropgate-expire"]
+    assert health["triggers"] == 13 and health["pingsources"] == ["dropgate-expire"]
     routes = {r["name"]: r for r in _get(f"{router['url']}/routes")["triggers"]}
     assert routes["dropgate-scan-put"]["url"] == router["services"]["dropgate-scan"]
     assert routes["dropgate-scan-put"]["backoff"] == pytest.approx([0.2, 0.4, 0.8])
