@@ -1,0 +1,132 @@
+"""The whole flow on the real local stack, as `dropgate-dev up` runs it:
+
+browser-style upload through presign -> SeaweedFS -> filer webhook -> storage_events ->
+local broker (routing by manifests/overlays/dev) -> scan + metadata -> verdict -> download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import psutil
+import psycopg
+import pytest
+
+from dropgate_local.devauth import DevSigningKey, issuer_url
+from tests.conftest import EICAR
+from tests.http import call
+from tests.test_presign import MIB, b64sha, payload, split
+
+FINAL = {"clean", "infected", "rejected", "failed"}
+
+
+@pytest.fixture(scope="module")
+def dev_token(stack, running_functions):  # noqa: ANN201
+    key = DevSigningKey.load_or_create(stack.data_dir / "dev-oidc")
+
+    def mint(subject: str) -> str:
+        return key.mint(subject=subject, roles=["uploader"], issuer=issuer_url("127.0.0.1", stack.ports.dev_oidc))
+    return mint
+
+
+def upload(presign: str, token: str, data: bytes, content_type: str, filename: str) -> dict:
+    created = call("POST", f"{presign}/uploads", token=token, json_body={
+        "filename": filename, "size": len(data), "content_type": content_type,
+        "sha256": hashlib.sha256(data).hexdigest()})
+    assert created.status == 201, created.body
+    record = created.json()
+    chunks = split(data, record["part_size"])
+    signed = call("POST", f"{presign}/uploads/{record['id']}/parts", token=token, json_body={
+        "parts": [{"number": n, "sha256": b64sha(c)} for n, c in enumerate(chunks, 1)]}).json()["parts"]
+    etags = []
+    for part in signed:
+        reply = call("PUT", part["url"], data=chunks[part["number"] - 1],
+                     headers={k: v for k, v in part["headers"].items() if k != "Content-Length"})
+        assert reply.status == 200, reply.body
+        etags.append({"number": part["number"], "etag": reply.header("ETag")})
+    done = call("POST", f"{presign}/uploads/{record['id']}/complete", token=token, json_body={"parts": etags})
+    assert done.status == 200, done.body
+    return record
+
+
+def wait_for_status(presign: str, token: str, upload_id: str, wanted: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = call("GET", f"{presign}/uploads/{upload_id}", token=token).json()
+        if current["status"] in wanted:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"upload {upload_id} stayed {current['status']}; wanted {wanted}")
+        time.sleep(0.25)
+
+
+def router_events(stack) -> list[dict]:  # noqa: ANN001
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports.router}/events?limit=500", timeout=10) as response:  # noqa: S310
+        return json.loads(response.read())["events"]
+
+
+def test_upload_is_scanned_recorded_and_downloadable(running_functions, dev_token, stack, database_url) -> None:
+    presign, token = running_functions["presign"], dev_token("pipeline-alice")
+    data = b"%PDF-1.7\n" + payload(12 * MIB, seed=21)
+    record = upload(presign, token, data, "application/pdf", "report.pdf")
+
+    final = wait_for_status(presign, token, record["id"], FINAL)
+    assert final["status"] == "clean" and final["sha256"] == hashlib.sha256(data).hexdigest()
+    link = call("GET", f"{presign}/files/{record['id']}/download", token=token)
+    assert link.status == 200
+    downloaded = call("GET", link.json()["url"])
+    assert hashlib.sha256(downloaded.body).hexdigest() == hashlib.sha256(data).hexdigest()
+
+    # metadata recorded what storage reported, through the same broker.
+    with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
+        row = conn.execute("SELECT stored_size, etag FROM uploads WHERE id = %s", (record["id"],)).fetchone()
+    assert row["stored_size"] == len(data) and row["etag"].endswith(f"-{record['part_count']}")
+    seen = [e for e in router_events(stack) if e.get("subject") in (record["key"], record["id"])]
+    types = {e["type"] for e in seen}
+    assert "com.amazonaws.s3.ObjectCreated:CompleteMultipartUpload" in types
+    assert "dev.dropgate.scan.clean" in types  # scan's reply went back into the broker
+
+
+def test_eicar_ends_infected_and_is_never_downloadable(running_functions, dev_token) -> None:
+    presign, token = running_functions["presign"], dev_token("pipeline-bob")
+    record = upload(presign, token, EICAR, "text/plain", "eicar.txt")
+    final = wait_for_status(presign, token, record["id"], FINAL)
+    assert final["status"] == "infected" and final["scan_verdict"] == "infected"
+    refused = call("GET", f"{presign}/files/{record['id']}/download", token=token)
+    assert refused.status == 403
+
+
+def test_a_killed_scan_worker_is_retried_by_the_broker(running_functions, dev_token, stack) -> None:
+    """SIGKILL the scan function's worker in the middle of a scan: the broker's retry gets the verdict."""
+    presign, token = running_functions["presign"], dev_token("pipeline-carol")
+    scan_master = stack.children["scan"].process.pid
+    data = payload(150 * MIB, seed=22)
+    killed = threading.Event()
+
+    def kill_worker_when_busy() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed.is_set():
+            for worker in psutil.Process(scan_master).children():
+                if worker.cpu_percent(interval=0.1) > 5:  # it is reading and scanning
+                    os.kill(worker.pid, signal.SIGKILL)
+                    killed.set()
+                    return
+
+    record_holder: dict = {}
+    killer = threading.Thread(target=kill_worker_when_busy)
+    killer.start()
+    record_holder.update(upload(presign, token, data, "application/octet-stream", "big.bin"))
+    killer.join()
+    assert killed.is_set(), "the scan worker was never seen busy"
+    final = wait_for_status(presign, token, record_holder["id"], FINAL, timeout=300)
+    assert final["status"] == "clean"
+    attempts = [e for e in router_events(stack) if e.get("subject") == record_holder["key"]
+                and e.get("type") == "com.amazonaws.s3.ObjectCreated:CompleteMultipartUpload"]
+    deliveries = [d for e in attempts for d in e["deliveries"] if "dropgate-scan" in d["subscriber"]]
+    assert any(len(d["attempts"]) > 1 and d["outcome"] == "delivered" for d in deliveries), deliveries
