@@ -49,6 +49,10 @@ ACTOR: Final = Actor.system("scan")
 _CLAIMABLE: Final = ("pending", "uploaded", "scanning")
 
 
+def _is_missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
 class IncompleteRead(IOError):
     """Storage ended the stream before the length it announced: no verdict may be written."""
 
@@ -192,7 +196,7 @@ class ObjectScanner:
             try:
                 response = self._s3.get_object(Bucket=bucket, Key=key)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                if _is_missing(exc):
                     continue
                 raise
             return bucket, response["Body"], response["ContentLength"]
@@ -218,10 +222,24 @@ class ObjectScanner:
     def _quarantine(self, upload: dict[str, Any], current_bucket: str) -> str:
         quarantine, key = self._storage.quarantine_bucket, upload["object_key"]
         if current_bucket != quarantine:
-            self._s3.copy_object(Bucket=quarantine, Key=key, CopySource={"Bucket": current_bucket, "Key": key},
-                                 MetadataDirective="COPY")
+            try:
+                self._s3.copy_object(Bucket=quarantine, Key=key, CopySource={"Bucket": current_bucket, "Key": key},
+                                     MetadataDirective="COPY")
+            except ClientError as exc:
+                # A concurrent delivery of the same event may have moved it a moment ago.
+                if not (_is_missing(exc) and self._exists(quarantine, key)):
+                    raise
             self._s3.delete_object(Bucket=current_bucket, Key=key)
         return quarantine
+
+    def _exists(self, bucket: str, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                return False
+            raise
+        return True
 
     def _tag_clean(self, bucket: str, key: str) -> None:
         self._s3.put_object_tagging(Bucket=bucket, Key=key,

@@ -71,6 +71,23 @@ def storage(stack: LocalStack):  # noqa: ANN201 - StorageSettings
     return stack.storage_settings()
 
 
+# Buckets outside the filer webhook's path prefixes (local-dev/seaweed.py): tests that stage states
+# by hand use them, so the event pipeline that other tests run never races them.
+UNWATCHED_ENV = {"DROPGATE_UPLOADS_BUCKET": "unwatched-uploads", "DROPGATE_QUARANTINE_BUCKET": "unwatched-quarantine"}
+
+
+@pytest.fixture(scope="session")
+def unwatched(storage):  # noqa: ANN201 - StorageSettings
+    from dataclasses import replace
+
+    from shared.storage import set_up_buckets
+
+    settings = replace(storage, uploads_bucket=UNWATCHED_ENV["DROPGATE_UPLOADS_BUCKET"],
+                       quarantine_bucket=UNWATCHED_ENV["DROPGATE_QUARANTINE_BUCKET"])
+    set_up_buckets(settings)
+    return settings
+
+
 @pytest.fixture(scope="session")
 def running_functions(stack: LocalStack, database_url: str, clamd_address, storage) -> dict[str, str]:
     """Every function as its own functions-framework process, as `dropgate-dev up` runs them."""

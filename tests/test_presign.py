@@ -25,6 +25,7 @@ from pytest_localserver.http import ContentServer
 
 from dropgate_local.processes import free_port
 from shared.storage import create_s3_client
+from tests.conftest import UNWATCHED_ENV
 from tests.http import Reply, call
 
 MIB = 1024 * 1024
@@ -81,19 +82,20 @@ def presign_env(idp: IdentityProvider) -> dict[str, str]:
         "DROPGATE_MAX_BYTES_PER_DAY": "3GiB",
         "DROPGATE_RATE_LIMIT_PER_MINUTE": "40",
         "DROPGATE_ALLOWED_CONTENT_TYPES": "application/octet-stream,application/pdf,image/*,text/plain",
+        **UNWATCHED_ENV,
     }
 
 
 @pytest.fixture(scope="module")
-def presign(stack, database_url, storage, idp) -> str:
+def presign(stack, database_url, unwatched, idp) -> str:
     port = free_port()
     stack.start_function("presign", port=port, extra_env=presign_env(idp), label="presign-api-tests")
     return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
-def s3(storage):  # noqa: ANN201 - boto3 client
-    return create_s3_client(storage)
+def s3(unwatched):  # noqa: ANN201 - boto3 client
+    return create_s3_client(unwatched)
 
 
 def user() -> str:
@@ -158,7 +160,7 @@ def row(database_url: str, upload_id: str) -> dict:
 
 # -- the whole path --
 
-def test_30_mb_file_uploaded_in_parts_through_signed_urls(presign, idp, s3, storage, database_url) -> None:
+def test_30_mb_file_uploaded_in_parts_through_signed_urls(presign, idp, s3, unwatched, database_url) -> None:
     token = idp.token(user())
     data = payload(30 * 1000 * 1000)
     created = create(presign, token, data)
@@ -173,14 +175,16 @@ def test_30_mb_file_uploaded_in_parts_through_signed_urls(presign, idp, s3, stor
     assert done.status == 200, done.body
     assert done.json()["status"] == "uploaded"
 
-    stored = s3.get_object(Bucket=storage.uploads_bucket, Key=upload["key"])
+    stored = s3.get_object(Bucket=unwatched.uploads_bucket, Key=upload["key"])
     assert stored["ContentLength"] == len(data)
     assert hashlib.sha256(stored["Body"].read()).hexdigest() == hashlib.sha256(data).hexdigest()
     assert stored["Metadata"]["upload-id"] == upload["id"]
 
     with psycopg.connect(database_url) as conn:
+        # The user's own actions; with the event pipeline running, system:* entries (scan, metadata) follow.
         actions = [r[0] for r in conn.execute(
-            "SELECT action FROM audit_log WHERE upload_id = %s ORDER BY id", (upload["id"],))]
+            "SELECT action FROM audit_log WHERE upload_id = %s AND actor NOT LIKE 'system:%%' ORDER BY id",
+            (upload["id"],))]
         assert actions == ["upload.created", "upload.completed"]
         assert conn.execute("SELECT source_ip::text FROM audit_log WHERE upload_id = %s LIMIT 1",
                             (upload["id"],)).fetchone()[0].startswith("127.0.0.1")
@@ -207,7 +211,7 @@ def test_resume_after_dropping_half_the_parts(presign, idp) -> None:
     assert done.status == 200, done.body
 
 
-def test_storage_refuses_a_part_of_the_wrong_length_or_content(presign, idp, s3, storage) -> None:
+def test_storage_refuses_a_part_of_the_wrong_length_or_content(presign, idp, s3, unwatched) -> None:
     token = idp.token(user())
     data = payload(10 * MIB, seed=3)
     upload = create(presign, token, data).json()
@@ -224,7 +228,7 @@ def test_storage_refuses_a_part_of_the_wrong_length_or_content(presign, idp, s3,
     too_long = put_part(signed[1], data[8 * MIB:] + b"x")
     assert too_long.status == 403
 
-    parts = s3.list_parts(Bucket=storage.uploads_bucket, Key=upload["key"], UploadId=upload["upload_id"])
+    parts = s3.list_parts(Bucket=unwatched.uploads_bucket, Key=upload["key"], UploadId=upload["upload_id"])
     assert parts.get("Parts", []) == []
 
 
@@ -353,7 +357,7 @@ def test_request_rate_limit_answers_429(presign, idp) -> None:
 
 # -- integrity at completion --
 
-def test_size_lie_at_completion_is_aborted_and_cleaned(presign, idp, s3, storage, database_url) -> None:
+def test_size_lie_at_completion_is_aborted_and_cleaned(presign, idp, s3, unwatched, database_url) -> None:
     token = idp.token(user())
     data = payload(20 * MIB, seed=5)
     upload = create(presign, token, data).json()
@@ -363,9 +367,9 @@ def test_size_lie_at_completion_is_aborted_and_cleaned(presign, idp, s3, storage
     assert reply.status == 400 and "aborted" in reply.json()["detail"]
     stored_row = row(database_url, upload["id"])
     assert stored_row["status"] == "aborted" and "part" in stored_row["status_reason"]
-    pending = s3.list_multipart_uploads(Bucket=storage.uploads_bucket).get("Uploads", [])
+    pending = s3.list_multipart_uploads(Bucket=unwatched.uploads_bucket).get("Uploads", [])
     assert upload["upload_id"] not in [u["UploadId"] for u in pending]
-    assert "Contents" not in s3.list_objects_v2(Bucket=storage.uploads_bucket, Prefix=upload["key"])
+    assert "Contents" not in s3.list_objects_v2(Bucket=unwatched.uploads_bucket, Prefix=upload["key"])
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM audit_log WHERE upload_id = %s AND action = %s",
                             (upload["id"], "upload.rejected_at_completion")).fetchone()[0] == 1
@@ -381,7 +385,7 @@ def test_wrong_etag_at_completion_is_aborted(presign, idp, database_url) -> None
     assert row(database_url, upload["id"])["status"] == "aborted"
 
 
-def test_abort_removes_the_multipart_upload(presign, idp, s3, storage, database_url) -> None:
+def test_abort_removes_the_multipart_upload(presign, idp, s3, unwatched, database_url) -> None:
     token = idp.token(user())
     data = payload(6 * MIB, seed=7)
     upload = create(presign, token, data).json()
@@ -389,7 +393,7 @@ def test_abort_removes_the_multipart_upload(presign, idp, s3, storage, database_
     first = call("DELETE", f"{presign}/uploads/{upload['id']}", token=token)
     assert first.status == 200 and first.json()["status"] == "aborted"
     assert call("DELETE", f"{presign}/uploads/{upload['id']}", token=token).status == 200  # idempotent
-    pending = s3.list_multipart_uploads(Bucket=storage.uploads_bucket).get("Uploads", [])
+    pending = s3.list_multipart_uploads(Bucket=unwatched.uploads_bucket).get("Uploads", [])
     assert upload["upload_id"] not in [u["UploadId"] for u in pending]
     signing = call("POST", f"{presign}/uploads/{upload['id']}/parts", token=token, json_body={"parts": [{"number": 1}]})
     assert signing.status == 409
@@ -481,7 +485,7 @@ def test_cors_preflight_for_the_web_origin(presign, stack) -> None:
 
 # -- Uppy Companion's routes --
 
-def test_uppy_companion_routes(presign, idp, s3, storage) -> None:
+def test_uppy_companion_routes(presign, idp, s3, unwatched) -> None:
     token = idp.token(user())
     data = payload(12 * MIB + 7, seed=10)
     created = call("POST", f"{presign}/s3/multipart", token=token,
@@ -506,8 +510,8 @@ def test_uppy_companion_routes(presign, idp, s3, storage) -> None:
     done = call("POST", f"{presign}/s3/multipart/{upload_id}/complete?{q}", token=token,
                 json_body={"parts": [{"PartNumber": n, "ETag": e} for n, e in etags.items()]})
     assert done.status == 200, done.body
-    assert done.json()["location"].endswith(f"/{storage.uploads_bucket}/{key}")
-    assert s3.head_object(Bucket=storage.uploads_bucket, Key=key)["ContentLength"] == len(data)
+    assert done.json()["location"].endswith(f"/{unwatched.uploads_bucket}/{key}")
+    assert s3.head_object(Bucket=unwatched.uploads_bucket, Key=key)["ContentLength"] == len(data)
     # Uppy 6's Companion client sends no headers of its own: a same-origin page passes the token as a cookie.
     by_cookie = call("GET", f"{presign}/s3/multipart/{upload_id}?{q}", headers={"Cookie": f"dropgate_token={token}"})
     assert by_cookie.status == 200 and by_cookie.json() == []  # complete: storage holds no parts any more
@@ -531,7 +535,7 @@ def test_openapi_document_lists_every_route(presign) -> None:
 
 # -- faults: a dependency down answers 503 and leaves nothing behind --
 
-def test_database_down_answers_503(stack, storage, idp) -> None:
+def test_database_down_answers_503(stack, unwatched, idp) -> None:
     port = free_port()
     env = {**presign_env(idp), "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
            "DROPGATE_DB_CONNECT_TIMEOUT": "1"}
