@@ -37,14 +37,18 @@ class SeaweedPorts:
     filer_grpc: int
     s3: int
     s3_grpc: int
+    # `weed mini` binds its admin server even with the UI off (23646 by default), so two
+    # stacks on one machine would collide without ports of their own.
+    admin: int
+    admin_grpc: int
 
     @classmethod
     def from_base(cls, base: int) -> SeaweedPorts:
-        return cls(*range(base, base + 8))
+        return cls(*range(base, base + 10))
 
     @classmethod
     def allocate(cls) -> SeaweedPorts:
-        return cls(*(free_port() for _ in range(8)))
+        return cls(*(free_port() for _ in range(10)))
 
 
 def write_config(config_dir: Path, *, access_key: str, secret_key: str, webhook_url: str | None,
@@ -93,6 +97,7 @@ def mini_command(weed_bin: str, *, data_dir: Path, config_dir: Path, ports: Seaw
         f"-volume.port={ports.volume}", f"-volume.port.grpc={ports.volume_grpc}",
         f"-filer.port={ports.filer}", f"-filer.port.grpc={ports.filer_grpc}",
         f"-s3.port={ports.s3}", f"-s3.port.grpc={ports.s3_grpc}",
+        f"-admin.port={ports.admin}", f"-admin.port.grpc={ports.admin_grpc}",
         f"-s3.config={config_dir / 's3.json'}",
         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",

@@ -295,6 +295,30 @@ class EventSettings:
         )
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How much one expire pass may do (shared/retention.py; docs/expire.md)."""
+
+    batch_size: int  # rows locked and retired per transaction
+    max_files: int  # rows expired or abandoned per pass
+    stale_upload_seconds: int  # a pending upload older than this is abandoned
+    orphan_grace_seconds: int  # objects and rows younger than this are left alone by the sweep
+    max_listed_objects: int  # objects listed per bucket per pass
+    time_budget_seconds: int  # a pass stops starting new work after this
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> RetentionSettings:
+        return cls(
+            batch_size=env.integer("DROPGATE_EXPIRE_BATCH_SIZE", 500, minimum=1, maximum=1000),
+            max_files=env.integer("DROPGATE_EXPIRE_MAX_FILES", 10_000, minimum=1),
+            stale_upload_seconds=env.integer("DROPGATE_STALE_UPLOAD_AGE", 24 * 3600, minimum=60),
+            orphan_grace_seconds=env.integer("DROPGATE_ORPHAN_GRACE", 3600, minimum=60),
+            max_listed_objects=env.integer("DROPGATE_EXPIRE_MAX_LISTED", 10_000, minimum=1),
+            # Knative's request timeout for expire is 900 s; a pass must end well inside it.
+            time_budget_seconds=env.integer("DROPGATE_EXPIRE_TIME_BUDGET", 600, minimum=10, maximum=840),
+        )
+
+
 _SECTIONS: Final[dict[str, type]] = {
     "storage": StorageSettings,
     "database": DatabaseSettings,
@@ -302,6 +326,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "auth": AuthSettings,
     "limits": LimitSettings,
     "events": EventSettings,
+    "retention": RetentionSettings,
 }
 
 
@@ -340,6 +365,10 @@ class Settings:
     @property
     def events(self) -> EventSettings:
         return self._section("events")
+
+    @property
+    def retention(self) -> RetentionSettings:
+        return self._section("retention")
 
     @classmethod
     def from_env(cls, sections: Iterable[str], environ: Mapping[str, str] | None = None) -> Settings:

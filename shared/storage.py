@@ -13,7 +13,7 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from shared.settings import StorageSettings
+from shared.settings import MAX_RETENTION_DAYS, StorageSettings
 
 # Browsers must read ETag to complete a multipart upload, so CORS exposes it.
 _CORS_EXPOSED_HEADERS = ["ETag", "x-amz-checksum-sha256", "x-amz-request-id"]
@@ -82,6 +82,32 @@ def set_upload_cors(client: BaseClient, bucket: str, origins: tuple[str, ...]) -
     )
 
 
+def set_lifecycle_rules(client: BaseClient, bucket: str, retention_days: int = MAX_RETENTION_DAYS,
+                        abort_multipart_days: int = 1) -> bool:
+    """The safety net under the expire function (docs/expire.md); True when the bucket's rules changed.
+
+    Objects expire `retention_days` after they were written (old versions a day after they stop
+    being current) and multipart uploads are aborted `abort_multipart_days` after they began.
+    The whole configuration is replaced, so a re-run never adds rules; unchanged rules are not rewritten.
+    """
+    rules = [
+        {"ID": "dropgate-retention", "Status": "Enabled", "Filter": {"Prefix": ""},
+         "Expiration": {"Days": retention_days}, "NoncurrentVersionExpiration": {"NoncurrentDays": 1}},
+        {"ID": "dropgate-abort-incomplete-multipart", "Status": "Enabled", "Filter": {"Prefix": ""},
+         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": abort_multipart_days}},
+    ]
+    try:
+        current = client.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        current = []
+    if sorted(current, key=lambda rule: rule.get("ID", "")) == sorted(rules, key=lambda rule: rule["ID"]):
+        return False
+    client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
+    return True
+
+
 def set_up_buckets(settings: StorageSettings, client: BaseClient | None = None) -> list[str]:
     """The set-up step run by the local stack and by the production set-up Job. Idempotent."""
     client = client or create_s3_client(settings)
@@ -89,6 +115,9 @@ def set_up_buckets(settings: StorageSettings, client: BaseClient | None = None) 
     for bucket in (settings.uploads_bucket, settings.quarantine_bucket):
         if ensure_bucket(client, bucket):
             actions.append(f"created bucket {bucket}")
+        if set_lifecycle_rules(client, bucket):
+            actions.append(f"lifecycle on {bucket}: expire after {MAX_RETENTION_DAYS} days, "
+                           "abort incomplete multipart uploads after 1 day")
     if settings.allowed_origins:
         set_upload_cors(client, settings.uploads_bucket, settings.allowed_origins)
         actions.append(f"CORS on {settings.uploads_bucket} for {', '.join(settings.allowed_origins)}")

@@ -176,7 +176,7 @@ class HttpApp:
         raise NotFound(f"no such endpoint: {request.method} {request.path}")
 
 
-CloudEventHandler = Callable[[CloudEvent], "CloudEvent | None"]
+CloudEventHandler = Callable[[CloudEvent], "CloudEvent | flask.Response | None"]
 
 
 class CloudEventApp:
@@ -211,6 +211,8 @@ class CloudEventApp:
             return unexpected_error_response(request, exc)
         if reply is None:
             return flask.Response(status=204)
+        if isinstance(reply, flask.Response):
+            return reply  # a handler whose answer is not an event (expire's summary); the broker drops it
         headers, body = to_binary(reply)
         return flask.Response(body, status=200, headers=headers)
 

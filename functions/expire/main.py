@@ -1,22 +1,58 @@
-"""expire: the scheduled retention job (PingSource).
+"""expire: the retention pass, woken by the dropgate-expire PingSource through the broker.
+
+Each `dev.knative.sources.ping` runs one bounded pass (shared/retention.py; docs/expire.md),
+sends a `dev.dropgate.upload.expired` / `.abandoned` CloudEvent per upload to K_SINK, and
+answers 200 with the pass's summary as JSON. The summary is not a CloudEvent on purpose: a
+non-event reply is dropped by the broker, so nothing outside the event contract enters it.
+A malformed or foreign event answers 400 (dead-letter sink); the database, storage or the
+sink being down answers 503, and the broker's redelivery runs a pass that resumes the work.
 
 Run: functions-framework --source functions/expire/main.py --target handle
 """
 
+from datetime import timedelta
+
 import functions_framework
 
-from shared.errors import NotImplementedYet
+from events.emit import EventSink
+from events.types import Ping
+from shared.errors import BadRequest
 from shared.instance import FunctionInstance
-from shared.web import CloudEventApp
+from shared.retention import RetentionBounds, run_retention
+from shared.web import CloudEventApp, json_response
 
-instance = FunctionInstance("expire", ["storage", "database", "limits", "events"])
+TASK = "expire"  # the PingSource's data, {"task": "expire"}; a ping without data is a tick too
+
+instance = FunctionInstance("expire", ["storage", "database", "limits", "events", "retention"])
+settings = instance.settings
+bounds = RetentionBounds(
+    batch_size=settings.retention.batch_size, max_files=settings.retention.max_files,
+    stale_after=timedelta(seconds=settings.retention.stale_upload_seconds),
+    orphan_grace=timedelta(seconds=settings.retention.orphan_grace_seconds),
+    max_listed_objects=settings.retention.max_listed_objects,
+    time_budget=timedelta(seconds=settings.retention.time_budget_seconds))
 
 
-def handle_event(event):
-    raise NotImplementedYet("the expire handler is not implemented yet; only /healthz answers")
+def sink() -> EventSink:
+    return instance.once("sink", lambda: EventSink(settings.events.sink_url))
 
 
-app = CloudEventApp(handle_event, health_checks=instance.health_checks())
+def publish(ended) -> None:
+    sink().send_all(event.to_cloudevent() for event in ended)
+
+
+def run_pass(event):
+    ping = Ping.from_cloudevent(event)  # anything else is an InvalidEvent: 400
+    if ping.task not in (None, TASK):
+        raise BadRequest(f"ping task {ping.task!r} is not {TASK!r}")
+    summary = run_retention(instance.db, instance.s3, settings.storage,
+                            retention_days=settings.limits.retention_days,
+                            source=f"{settings.events.source}/expire", publish=publish, trigger=ping.id,
+                            bounds=bounds)
+    return json_response(200, summary.as_dict())
+
+
+app = CloudEventApp(run_pass, health_checks=instance.health_checks())
 
 
 @functions_framework.http

@@ -23,14 +23,16 @@ done
 
 # Object lock can only be enabled when a bucket is created; --with-lock also turns on versioning.
 mc mb --ignore-existing --with-lock "$alias_name/$DROPGATE_UPLOADS_BUCKET"
-mc mb --ignore-existing "$alias_name/$DROPGATE_QUARANTINE_BUCKET"
+# Quarantine too: a held infected file must survive the 30-day lifecycle rule (object lock honours holds).
+mc mb --ignore-existing --with-lock "$alias_name/$DROPGATE_QUARANTINE_BUCKET"
 
 # The functions' credentials (Secret dropgate-s3) and what they may do: objects of the two buckets.
 cat > /tmp/policy.json <<JSON
 {"Version": "2012-10-17", "Statement": [
   {"Effect": "Allow",
    "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketVersions",
-              "s3:ListBucketMultipartUploads", "s3:GetBucketObjectLockConfiguration"],
+              "s3:ListBucketMultipartUploads", "s3:GetBucketObjectLockConfiguration",
+              "s3:GetBucketVersioning"],
    "Resource": ["arn:aws:s3:::${DROPGATE_UPLOADS_BUCKET}", "arn:aws:s3:::${DROPGATE_QUARANTINE_BUCKET}"]},
   {"Effect": "Allow",
    "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject",
