@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import coldstart, load, signing
+from bench import coldstart, expiry, load, scan, signing, verdict
 from dropgate_local.stack import LocalStack, StackPorts
 
 RESULTS = Path(__file__).with_name("results")
@@ -54,7 +54,17 @@ def main(argv: list[str] | None = None) -> int:
             stack.start_clamd(try_update=False)
             stack.start_storage(webhook=False)
             rows += load.measure(stack, users=users, size_mb=size_mb)
+            rows += expiry.measure(stack, files=1000 if args.quick else 5000)
             rows += coldstart.measure(stack, rounds=rounds)
+        finally:
+            stack.stop()
+    with tempfile.TemporaryDirectory(prefix="dropgate-bench-") as tmp:
+        rows.append(scan.row(scan.run(LocalStack(Path(tmp), StackPorts.allocate()), Path(tmp),
+                                      (50 if args.quick else 200) * 1024 * 1024, 2 if args.quick else 3)))
+    with tempfile.TemporaryDirectory(prefix="dropgate-bench-") as tmp:
+        stack = LocalStack(Path(tmp), StackPorts.allocate())
+        try:
+            rows += verdict.measure(stack, sizes_mib=[25, 200] if args.quick else [25, 1024])
         finally:
             stack.stop()
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),

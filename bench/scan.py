@@ -47,11 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         args.size, args.rounds = 50, 2
 
     with tempfile.TemporaryDirectory(prefix="dropgate-bench-") as tmp:
-        stack = LocalStack(Path(tmp), StackPorts.allocate())
-        try:
-            result = run(stack, Path(tmp), args.size * MIB, args.rounds)
-        finally:
-            stack.stop()
+        result = run(LocalStack(Path(tmp), StackPorts.allocate()), Path(tmp), args.size * MIB, args.rounds)
     print(f"{'benchmark':<34}{'dropgate':>14}{'baseline':>22}{'ratio':>8}")
     print(f"{'scan throughput, ' + str(args.size) + ' MiB object':<34}{result['dropgate_mb_s']:>9.1f} MB/s"
           f"{result['clamd_local_file_mb_s']:>13.1f} MB/s (clamd SCAN file){result['ratio']:>6.2f}")
@@ -60,7 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def row(result: dict) -> dict:
+    """The scan result as a row of bench/run.py's table."""
+    return {"name": f"scan throughput, {result['size_mib']} MiB object (peak RSS {result['peak_rss_mib']} MiB)",
+            "dropgate": f"{result['dropgate_mb_s']:.0f} MB/s",
+            "baseline": f"{result['clamd_local_file_mb_s']:.0f} MB/s (clamd SCAN of a local file)",
+            "ratio": result["ratio"], "values": result}
+
+
 def run(stack: LocalStack, tmp: Path, size: int, rounds: int) -> dict:
+    """Starts the pieces it needs on `stack` and stops them."""
+    try:
+        return _run(stack, tmp, size, rounds)
+    finally:
+        stack.stop()
+
+
+def _run(stack: LocalStack, tmp: Path, size: int, rounds: int) -> dict:
     database_url = stack.start_postgres()
     stack.start_clamd(try_update=False)
     stack.start_storage(webhook=False)
