@@ -8,6 +8,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 apt_packages=(clamav-daemon clamav clamav-testfiles ca-certificates)
+# The uploader page (local-dev/web) is bundled with Node.js; its end-to-end tests drive Debian's Chromium.
+apt_packages+=(chromium fonts-liberation)
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -44,4 +47,18 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; 
   .venv/bin/python -m pip install -qq --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -qq --disable-pip-version-check -e '.[test]'
   echo "$wanted" > "$stamp"
+fi
+
+# The uploader page: npm ci when its lockfile changed, the bundle when its sources changed.
+web="local-dev/web"
+web_stamp="$web/node_modules/.dropgate-installed"
+web_wanted="$(sha256sum "$web/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$web_stamp" 2>/dev/null)" != "$web_wanted" ]; then
+  echo "bootstrap: installing the uploader page's npm packages"
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$web_wanted" > "$web_stamp"
+  rm -f "$web/dist/.built"
+fi
+if [ ! -f "$web/dist/.built" ] || [ -n "$(find "$web/src" "$web/build.mjs" "$web_stamp" -newer "$web/dist/.built" -print -quit)" ]; then
+  (cd "$web" && npm run --silent build)
 fi

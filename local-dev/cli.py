@@ -51,7 +51,8 @@ def _up(args: argparse.Namespace) -> int:
 
 def _print_endpoints(stack: LocalStack) -> None:
     ports = stack.ports
-    lines = ["", "dropgate local stack is up (all on 127.0.0.1):"]
+    lines = ["", "dropgate local stack is up (all on 127.0.0.1):",
+             f"  {'upload page':<15} http://{HOST}:{ports.web}/   (open it, then \"Sign in (dev)\")"]
     for name in FUNCTIONS:
         lines.append(f"  {name:<15} {ports.function_url(name)}   (health: {ports.function_url(name)}/healthz)")
     lines += [

@@ -7,6 +7,12 @@ path is the same. Tokens carry roles where Keycloak puts them
 
     python -m dropgate_local.devauth serve --data-dir .dropgate --port 8779
     dropgate-dev token --sub alice --roles uploader
+
+`POST /dev-oidc/token {"sub": "alice", "roles": ["uploader"]}` mints the same kind of
+token for the uploader page's dev sign-in. LOCAL DEVELOPMENT ONLY: it signs a token for
+anyone who asks, so it answers only on loopback and only to pages served from loopback
+origins (CORS). Production has no such endpoint: the page gets its token from the real
+identity provider.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +33,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 DEV_AUDIENCE = "dropgate"
+DEV_TOKEN_TTL_SECONDS = 3600
+DEV_ROLES = ("uploader", "admin")
+# Pages the dev token endpoint answers (CORS): served from this machine's loopback only.
+_LOOPBACK_ORIGIN = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d{1,5})?$")
+_SUBJECT = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 
 def _b64url_uint(value: int) -> str:
@@ -83,6 +95,23 @@ def jwks_url(host: str, port: int) -> str:
     return f"{issuer_url(host, port)}/jwks.json"
 
 
+def token_url(host: str, port: int) -> str:
+    return f"{issuer_url(host, port)}/token"
+
+
+def mint_dev_token(key: DevSigningKey, body: object, issuer: str) -> tuple[int, dict]:
+    """The answer to `POST /dev-oidc/token`: (status, JSON body)."""
+    if not isinstance(body, dict):
+        return 400, {"error": "bad_request", "detail": "expected a JSON object {sub, roles}"}
+    subject, roles = body.get("sub"), body.get("roles", ["uploader"])
+    if not isinstance(subject, str) or not _SUBJECT.match(subject):
+        return 400, {"error": "bad_request", "detail": "sub: 1-64 letters, digits or . _ @ -"}
+    if not isinstance(roles, list) or not all(isinstance(role, str) and role in DEV_ROLES for role in roles):
+        return 400, {"error": "bad_request", "detail": f"roles: a list of {', '.join(DEV_ROLES)}"}
+    token = key.mint(subject=subject, roles=roles, issuer=issuer, ttl_seconds=DEV_TOKEN_TTL_SECONDS)
+    return 200, {"access_token": token, "token_type": "Bearer", "expires_in": DEV_TOKEN_TTL_SECONDS}
+
+
 def serve(key: DevSigningKey, host: str, port: int) -> ThreadingHTTPServer:
     issuer = issuer_url(host, port)
     documents = {
@@ -95,10 +124,46 @@ def serve(key: DevSigningKey, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             document = documents.get(self.path)
-            body = json.dumps(document if document is not None else {"error": "not_found"}).encode()
-            self.send_response(200 if document is not None else 404)
+            self._json(200 if document is not None else 404,
+                       document if document is not None else {"error": "not_found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/dev-oidc/token":
+                return self._json(404, {"error": "not_found"})
+            if not _LOOPBACK_ORIGIN.match(f"http://{self.headers.get('Host', '')}"):
+                # A loopback Host only: a DNS-rebound name pointing here gets nothing.
+                return self._json(403, {"error": "forbidden", "detail": "local development only"})
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 4096:
+                return self._json(413, {"error": "payload_too_large", "detail": "at most 4 KiB"})
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                return self._json(400, {"error": "bad_request", "detail": "malformed JSON"})
+            return self._json(*mint_dev_token(key, body, issuer))
+
+        def do_OPTIONS(self) -> None:  # noqa: N802 - CORS preflight of the token endpoint
+            self.send_response(204 if self.path == "/dev-oidc/token" else 404)
+            self._cors()
+            self.send_header("Access-Control-Allow-Methods", "POST")
+            self.send_header("Access-Control-Allow-Headers", "Content-Type")
+            self.send_header("Access-Control-Max-Age", "600")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _cors(self) -> None:
+            origin = self.headers.get("Origin", "")
+            if _LOOPBACK_ORIGIN.match(origin):
+                self.send_header("Access-Control-Allow-Origin", origin)
+                self.send_header("Vary", "Origin")
+
+        def _json(self, status: int, document: object) -> None:
+            body = json.dumps(document).encode()
+            self.send_response(status)
+            self._cors()
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(body)
 

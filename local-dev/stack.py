@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dropgate_local import clamav, seaweed
-from dropgate_local.devauth import DEV_AUDIENCE, DevSigningKey, issuer_url, jwks_url
+from dropgate_local.devauth import DEV_AUDIENCE, DevSigningKey, issuer_url, jwks_url, token_url
 from dropgate_local.postgres import EmbeddedPostgres
 from dropgate_local.processes import ChildProcess, StartupError, free_port, http_ok
 
@@ -225,6 +225,18 @@ class LocalStack:
         child.wait_until(lambda: _answers_http(health), timeout=60)
         return child
 
+    def start_web(self, *, presign_url: str | None = None) -> None:
+        """The uploader page (local-dev/web, built by bootstrap) and its /config.json; see docs/uploader.md."""
+        from dropgate_local.webserver import check_bundle
+
+        check_bundle()
+        child = self._start("web", [
+            sys.executable, "-m", "dropgate_local.webserver", "--host", HOST, "--port", str(self.ports.web),
+            "--presign-url", presign_url or self.ports.function_url("presign"),
+            "--s3-url", self.function_env()["DROPGATE_S3_PUBLIC_ENDPOINT"],
+            "--dev-token-url", token_url(HOST, self.ports.dev_oidc)])
+        child.wait_until(lambda: http_ok(f"http://{HOST}:{self.ports.web}/healthz"), timeout=30)
+
     # -- all together --
 
     def start_all(self) -> None:
@@ -235,6 +247,7 @@ class LocalStack:
         self.start_storage()
         for name in FUNCTIONS:
             self.start_function(name)
+        self.start_web()
         self.write_state()
 
     def write_state(self) -> None:

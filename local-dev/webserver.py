@@ -1,0 +1,148 @@
+"""The local stack's web server: the uploader page (local-dev/web/dist) and its /config.json.
+
+The page is static: `npm ci && npm run build` in local-dev/web (local-dev/bootstrap.sh does it)
+bundles Uppy and the page into dist/. This server only hands those files out and tells
+the page where presign and the dev sign-in are. File bytes never come here: the browser
+PUTs them to storage with the URLs presign signs.
+
+    python -m dropgate_local.webserver --port 8786 --presign-url http://127.0.0.1:8781 \\
+        --dev-token-url http://127.0.0.1:8779/dev-oidc/token --s3-url http://127.0.0.1:8806
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import posixpath
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+DIST_DIR = WEB_DIR / "dist"
+
+_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+          ".html": "text/html; charset=utf-8", ".map": "application/json", ".txt": "text/plain; charset=utf-8",
+          ".json": "application/json"}
+
+
+class BundleMissing(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class PageConfig:
+    """What the page reads from /config.json."""
+
+    presign_url: str
+    s3_url: str
+    dev_token_url: str | None = None
+    parallel_requests: int = 6
+
+    def document(self) -> dict[str, object]:
+        return {"presign_url": self.presign_url, "dev_token_url": self.dev_token_url,
+                "parallel_requests": self.parallel_requests}
+
+    def content_security_policy(self) -> str:
+        # What an app embedding the uploader must allow too: its API, storage, and (locally) the dev sign-in.
+        connect = " ".join(dict.fromkeys(filter(None, ["'self'", _origin(self.presign_url), _origin(self.s3_url),
+                                                       _origin(self.dev_token_url)])))
+        return (f"default-src 'self'; connect-src {connect}; img-src 'self' data: blob:; "
+                "style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def _origin(url: str | None) -> str | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_bundle(root: Path = DIST_DIR) -> None:
+    if not (root / "index.html").is_file() or not (root / "main.js").is_file():
+        raise BundleMissing(f"the uploader page is not built in {root}: run `bash local-dev/bootstrap.sh` "
+                            "(or `npm ci && npm run build` in local-dev/web)")
+
+
+def make_server(config: PageConfig, host: str, port: int, root: Path = DIST_DIR) -> ThreadingHTTPServer:
+    check_bundle(root)
+    root = root.resolve()
+    config_body = json.dumps(config.document()).encode()
+    csp = config.content_security_policy()
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "dropgate-web"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._answer(send_body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._answer(send_body=False)
+
+        def _answer(self, *, send_body: bool) -> None:
+            path = unquote(urlsplit(self.path).path)
+            if path == "/config.json":
+                return self._send(200, config_body, "application/json", send_body)
+            if path == "/healthz":
+                return self._send(200, b'{"status":"ok"}', "application/json", send_body)
+            file = self._resolve(path)
+            if file is None:
+                return self._send(404, b"not found\n", "text/plain; charset=utf-8", send_body)
+            content_type = _TYPES.get(file.suffix) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+            return self._send(200, file.read_bytes(), content_type, send_body)
+
+        def _resolve(self, path: str) -> Path | None:
+            clean = posixpath.normpath(path).lstrip("/")
+            if clean in ("", "."):
+                clean = "index.html"
+            if clean.startswith("..") or clean.startswith("."):
+                return None
+            candidate = (root / clean).resolve()
+            if root not in candidate.parents or not candidate.is_file():
+                return None
+            return candidate
+
+        def _send(self, status: int, body: bytes, content_type: str, send_body: bool) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            # The bundle changes with every build and is small: always revalidate.
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Content-Security-Policy", csp)
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+            pass
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dropgate_local.webserver", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--presign-url", required=True, help="presign's URL as the browser reaches it")
+    parser.add_argument("--s3-url", required=True, help="storage's public endpoint (for the page's CSP)")
+    parser.add_argument("--dev-token-url", help="the dev OIDC token endpoint (local development only)")
+    parser.add_argument("--parallel-requests", type=int, default=6)
+    parser.add_argument("--root", type=Path, default=DIST_DIR, help="the built page")
+    args = parser.parse_args(argv)
+    config = PageConfig(presign_url=args.presign_url, s3_url=args.s3_url, dev_token_url=args.dev_token_url,
+                        parallel_requests=args.parallel_requests)
+    server = make_server(config, args.host, args.port, args.root)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
