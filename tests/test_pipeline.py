@@ -35,12 +35,14 @@ def dev_token(stack, running_functions):  # noqa: ANN201
     return mint
 
 
-def upload(presign: str, token: str, data: bytes, content_type: str, filename: str) -> dict:
+def upload(presign: str, token: str, data: bytes, content_type: str, filename: str,
+           on_created=lambda record: None) -> dict:  # noqa: ANN001
     created = call("POST", f"{presign}/uploads", token=token, json_body={
         "filename": filename, "size": len(data), "content_type": content_type,
         "sha256": hashlib.sha256(data).hexdigest()})
     assert created.status == 201, created.body
     record = created.json()
+    on_created(record)
     chunks = split(data, record["part_size"])
     signed = call("POST", f"{presign}/uploads/{record['id']}/parts", token=token, json_body={
         "parts": [{"number": n, "sha256": b64sha(c)} for n, c in enumerate(chunks, 1)]}).json()["parts"]
@@ -102,31 +104,38 @@ def test_eicar_ends_infected_and_is_never_downloadable(running_functions, dev_to
     assert refused.status == 403
 
 
-def test_a_killed_scan_worker_is_retried_by_the_broker(running_functions, dev_token, stack) -> None:
+def test_a_killed_scan_worker_is_retried_by_the_broker(running_functions, dev_token, stack, database_url) -> None:
     """SIGKILL the scan function's worker in the middle of a scan: the broker's retry gets the verdict."""
     presign, token = running_functions["presign"], dev_token("pipeline-carol")
     scan_master = stack.children["scan"].process.pid
     data = payload(150 * MIB, seed=22)
     killed = threading.Event()
+    upload_id: dict = {}
 
-    def kill_worker_when_busy() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not killed.is_set():
-            for worker in psutil.Process(scan_master).children():
-                if worker.cpu_percent(interval=0.1) > 5:  # it is reading and scanning
-                    os.kill(worker.pid, signal.SIGKILL)
-                    killed.set()
+    def kill_worker_while_scanning() -> None:
+        # The row reads `scanning` exactly while a worker streams the object through clamd.
+        deadline = time.monotonic() + 300
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            while time.monotonic() < deadline and not killed.is_set():
+                if "id" in upload_id and conn.execute("SELECT status FROM uploads WHERE id = %s",
+                                                      (upload_id["id"],)).fetchone()[0] == "scanning":
+                    for worker in psutil.Process(scan_master).children():
+                        os.kill(worker.pid, signal.SIGKILL)
+                        killed.set()
                     return
+                time.sleep(0.02)
 
-    record_holder: dict = {}
-    killer = threading.Thread(target=kill_worker_when_busy)
+    record = {}
+    killer = threading.Thread(target=kill_worker_while_scanning)
     killer.start()
-    record_holder.update(upload(presign, token, data, "application/octet-stream", "big.bin"))
-    killer.join()
-    assert killed.is_set(), "the scan worker was never seen busy"
-    final = wait_for_status(presign, token, record_holder["id"], FINAL, timeout=300)
+    try:
+        record = upload(presign, token, data, "application/octet-stream", "big.bin", on_created=upload_id.update)
+    finally:
+        killer.join()
+    assert killed.is_set(), "the scan never started"
+    final = wait_for_status(presign, token, record["id"], FINAL, timeout=300)
     assert final["status"] == "clean"
-    attempts = [e for e in router_events(stack) if e.get("subject") == record_holder["key"]
+    attempts = [e for e in router_events(stack) if e.get("subject") == record["key"]
                 and e.get("type") == "com.amazonaws.s3.ObjectCreated:CompleteMultipartUpload"]
     deliveries = [d for e in attempts for d in e["deliveries"] if "dropgate-scan" in d["subscriber"]]
     assert any(len(d["attempts"]) > 1 and d["outcome"] == "delivered" for d in deliveries), deliveries
