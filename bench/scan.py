@@ -18,18 +18,16 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import clamd
-import psutil
 import psycopg
 from cloudevents.conversion import to_binary
 
-from dropgate_local.processes import free_port
+from dropgate_local.processes import PeakRss, free_port, serving_worker
 from dropgate_local.stack import LocalStack, StackPorts
 from events.types import ObjectCreated
 from shared.storage import create_s3_client
@@ -88,9 +86,7 @@ def _run(stack: LocalStack, tmp: Path, size: int, rounds: int) -> dict:
             out.write(block)
     local_file.chmod(0o644)
 
-    worker = _worker(port)
-    baseline_rss = worker.memory_info().rss
-    peak = [baseline_rss]
+    rss = PeakRss(serving_worker(port))
     dropgate_seconds, clamd_seconds = [], []
     for round_number in range(rounds + 1):  # round 0 warms up clamd and the connection pool; not counted
         key = f"uploads/bench/{uuid.uuid4()}"
@@ -101,7 +97,7 @@ def _run(stack: LocalStack, tmp: Path, size: int, rounds: int) -> dict:
                 " part_size, part_count, status, expires_at) VALUES (%s, 'bench', %s, %s, 'b.bin',"
                 " 'application/octet-stream', %s, %s, %s, 'uploaded', now() + interval '1 day')",
                 (str(uuid.uuid4()), storage.uploads_bucket, key, size, 8 * MIB, max(1, size // (8 * MIB))))
-        ours = _timed_scan(port, storage.uploads_bucket, key, size, worker, peak)
+        ours = _timed_scan(port, storage.uploads_bucket, key, size, rss)
         start = time.perf_counter()
         verdict = clamd.ClamdNetworkSocket("127.0.0.1", stack.ports.clamd, timeout=600).scan(str(local_file))
         theirs = time.perf_counter() - start
@@ -113,41 +109,21 @@ def _run(stack: LocalStack, tmp: Path, size: int, rounds: int) -> dict:
     theirs = size / MIB / statistics.median(clamd_seconds)
     return {"benchmark": "scan throughput", "size_mib": size // MIB, "rounds": rounds, "date": datetime.now(UTC).date().isoformat(),
             "dropgate_mb_s": round(ours, 1), "clamd_local_file_mb_s": round(theirs, 1), "ratio": round(ours / theirs, 2),
-            "peak_rss_mib": round(peak[0] / MIB, 1), "baseline_rss_mib": round(baseline_rss / MIB, 1)}
+            "peak_rss_mib": round(rss.peak / MIB, 1), "baseline_rss_mib": round(rss.baseline / MIB, 1)}
 
 
-def _timed_scan(port: int, bucket: str, key: str, size: int, worker: psutil.Process, peak: list[int]) -> float:
+def _timed_scan(port: int, bucket: str, key: str, size: int, rss: PeakRss) -> float:
     import urllib.request
 
     event = ObjectCreated(id=uuid.uuid4().hex, event_name="ObjectCreated:CompleteMultipartUpload",
                           event_source="minio:s3", region="", bucket=bucket, key=key, time=datetime.now(UTC), size=size)
     headers, body = to_binary(event.to_cloudevent())
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], worker.memory_info().rss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    start = time.perf_counter()
-    try:
+    with rss:
+        start = time.perf_counter()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=900) as response:  # noqa: S310 - loopback only
             assert response.status == 200 and response.headers["ce-type"] == "dev.dropgate.scan.clean"
-    finally:
-        done.set()
-        sampler.join()
-    return time.perf_counter() - start
-
-
-def _worker(port: int) -> psutil.Process:
-    for connection in psutil.net_connections("tcp"):
-        if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
-            master = psutil.Process(connection.pid)
-            return (master.children() or [master])[0]
-    raise LookupError(port)
+        return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from dropgate_local.processes import serve_until_interrupted
+
 DEV_AUDIENCE = "dropgate"
 DEV_TOKEN_TTL_SECONDS = 3600
 DEV_ROLES = ("uploader", "admin")
@@ -183,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     key = DevSigningKey.load_or_create(args.data_dir / "dev-oidc")
     server = serve(key, args.host, args.port)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve_until_interrupted(server)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,50 @@ class ChildProcess:
         self.signal(signal.SIGKILL)
         if self.process:
             self.process.wait(5)
+
+
+def serving_worker(port: int) -> "psutil.Process":
+    """The gunicorn worker serving `port`: functions-framework forks one; its master only supervises."""
+    import psutil  # a test and benchmark dependency, not a runtime one
+
+    for connection in psutil.net_connections("tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
+            master = psutil.Process(connection.pid)
+            return (master.children() or [master])[0]
+    raise LookupError(f"nothing listens on {port}")
+
+
+class PeakRss:
+    """`with PeakRss(process) as rss:` samples the process's resident memory until the block ends."""
+
+    def __init__(self, process: "psutil.Process", interval: float = 0.05) -> None:
+        self._process, self._interval = process, interval
+        self.baseline = self.peak = process.memory_info().rss
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._done.wait(self._interval)
+
+    def __enter__(self) -> "PeakRss":
+        # A fresh thread each time, so one PeakRss can watch several blocks (the peak is over all of them).
+        import threading
+
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def serve_until_interrupted(server) -> int:  # noqa: ANN001 - any socketserver
+    """Run a small local server in the foreground until Ctrl-C or SIGTERM's KeyboardInterrupt."""
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from dropgate_local.processes import serve_until_interrupted
+
 WEB_DIR = Path(__file__).resolve().parent / "web"
 DIST_DIR = WEB_DIR / "dist"
 
@@ -137,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     config = PageConfig(presign_url=args.presign_url, s3_url=args.s3_url, dev_token_url=args.dev_token_url,
                         parallel_requests=args.parallel_requests)
     server = make_server(config, args.host, args.port, args.root)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve_until_interrupted(server)
 
 
 if __name__ == "__main__":

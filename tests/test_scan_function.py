@@ -10,14 +10,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import psutil
 import psycopg
 import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import from_http
 
 from dropgate_local import clamav
-from dropgate_local.processes import free_port
+from dropgate_local.processes import PeakRss, free_port, serving_worker
 from events.types import ObjectCreated, ScanVerdict
 from shared.storage import create_s3_client
 from tests.conftest import EICAR, UNWATCHED_ENV
@@ -88,41 +87,16 @@ def test_200_mb_clean_file_with_bounded_memory(scan_url, database_url, s3, unwat
             " 'application/octet-stream', %s, %s, 25, %s, 'uploaded', now() + interval '1 day')",
             (upload_id, unwatched.uploads_bucket, key, size, 8 * MIB, digest.hexdigest()))
 
-    worker = _serving_worker(scan_url)
-    baseline = worker.memory_info().rss
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], worker.memory_info().rss)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with PeakRss(serving_worker(int(scan_url.rsplit(":", 1)[1]))) as rss:
         reply = deliver(scan_url, created_event(unwatched, key, size))
-    finally:
-        done.set()
-        sampler.join()
     assert reply.status == 200, reply.body
     verdict = reply_event(reply)
     assert verdict.verdict == "clean" and verdict.sha256 == digest.hexdigest() and verdict.size == size
-    growth = (peak[0] - baseline) / MIB
-    print(f"scan worker RSS: baseline {baseline / MIB:.1f} MiB, peak {peak[0] / MIB:.1f} MiB, growth {growth:.1f} MiB "
+    growth = (rss.peak - rss.baseline) / MIB
+    print(f"scan worker RSS: baseline {rss.baseline / MIB:.1f} MiB, peak {rss.peak / MIB:.1f} MiB, growth {growth:.1f} MiB "
           f"for a {size // MIB} MiB object")
     # Streaming keeps a few 1 MiB chunks in flight; holding the object would add 200 MiB.
     assert growth < 64, f"scan memory grew by {growth:.1f} MiB for a {size // MIB} MiB object"
-
-
-def _serving_worker(url: str) -> psutil.Process:
-    """The gunicorn worker serving `url` (functions-framework forks one; the master only supervises)."""
-    port = int(url.rsplit(":", 1)[1])
-    for connection in psutil.net_connections("tcp"):
-        if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
-            master = psutil.Process(connection.pid)
-            return (master.children() or [master])[0]
-    raise LookupError(f"nothing listens on {port}")
 
 
 def test_a_png_declared_as_pdf_is_rejected(scan_url, database_url, s3, unwatched) -> None:
