@@ -6,6 +6,10 @@ sink that is missing, down or refusing answers the caller with 503/502 and the
 caller's sender retries: storage redelivers its notification, the broker its
 event. Nothing is lost, and the stable event ids let consumers drop the
 duplicates a retry causes.
+
+Every event leaves with the CloudEvents distributed-tracing extension `traceparent`: the
+one it already has (the storage adapter sets the upload's), else the sender's current
+span. The HTTP `traceparent` header names the sender's span, for transport tracing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Final
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from shared import metrics, tracing
 from shared.errors import ApiError, DependencyUnavailable
 from shared.logs import log_event
 
@@ -66,7 +71,12 @@ class EventSink:
         if not self.url:
             raise SinkNotConfigured("K_SINK is not set: no broker to send CloudEvents to",
                                     headers={"Retry-After": "30"})
+        if tracing.event_traceparent(event) is None:
+            event = tracing.with_traceparent(event)
         headers, body = to_http(event)
+        transport = tracing.current_traceparent()
+        if transport:
+            headers[tracing.TRACEPARENT] = transport
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - K_SINK is ours
@@ -74,19 +84,22 @@ class EventSink:
                 status = response.status
         except urllib.error.HTTPError as exc:
             detail = exc.read(500).decode("utf-8", "replace")
+            metrics.EVENTS_SENT.labels(event["type"], "refused").inc()
             log_event(logger, "sink refused event", logging.WARNING, sink=self.url, event_id=event["id"],
                       event_type=event["type"], status=exc.code, detail=detail)
             raise SinkRejected(f"the event sink answered {exc.code} for event {event['id']}",
                                headers={"Retry-After": "5"}) from None
         except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timed out
+            metrics.EVENTS_SENT.labels(event["type"], "unavailable").inc()
             log_event(logger, "sink unavailable", logging.WARNING, sink=self.url, event_id=event["id"],
                       error=f"{type(exc).__name__}: {exc}")
             raise SinkUnavailable(f"the event sink is unavailable: {type(exc).__name__}",
                                   headers={"Retry-After": "5"}) from None
         if not 200 <= status < 300:  # urllib raises for >= 400; a 1xx/3xx final answer is not acceptance either
             raise SinkRejected(f"the event sink answered {status} for event {event['id']}")
+        metrics.EVENTS_SENT.labels(event["type"], "sent").inc()
         log_event(logger, "event sent", sink=self.url, event_id=event["id"], event_type=event["type"],
-                  status=status)
+                  status=status, subject=event.get("subject"), traceparent=event.get(tracing.TRACEPARENT))
 
     def send_all(self, events: Iterable[CloudEvent]) -> int:
         """Send in order and stop at the first failure (the caller's retry resends the rest, ids unchanged)."""

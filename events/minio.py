@@ -57,6 +57,7 @@ class MinioRecord:
     request_id: str | None  # responseElements x-amz-request-id: unique per request on one node
     host_id: str | None  # responseElements x-amz-id-2: which node answered
     deployment_id: str | None  # responseElements x-minio-deployment-id (older servers lack x-amz-id-2)
+    traceparent: str | None = None  # s3.object.userMetadata X-Amz-Meta-Traceparent: the upload's trace
 
     @classmethod
     def read(cls, raw: Any, where: str, problems: list[str]) -> MinioRecord | None:
@@ -105,6 +106,7 @@ class MinioRecord:
             request_id=_optional_text(response.get("x-amz-request-id"), "", []),
             host_id=_optional_text(response.get("x-amz-id-2"), "", []),
             deployment_id=_optional_text(response.get("x-minio-deployment-id"), "", []),
+            traceparent=_user_metadata(obj.get("userMetadata"), "x-amz-meta-traceparent"),
         )
 
     @property
@@ -137,7 +139,7 @@ class MinioRecord:
         return kind(id=self.event_id, event_name=self.event_name, event_source=self.event_source,
                     region=self.region, bucket=self.bucket, key=self.key, time=self.time, size=self.size,
                     etag=self.etag, sequencer=self.sequencer, content_type=self.content_type,
-                    version_id=self.version_id)
+                    version_id=self.version_id, traceparent=self.traceparent)
 
 
 def parse_minio_notification(body: bytes, *, owned_buckets: OwnedBuckets) -> Adapted:
@@ -158,6 +160,16 @@ def parse_minio_notification(body: bytes, *, owned_buckets: OwnedBuckets) -> Ada
         else:
             events.append(record.to_event())
     return Adapted(tuple(events), tuple(ignored))
+
+
+def _user_metadata(metadata: Any, name: str) -> str | None:
+    """One user-metadata value; MinIO keeps the header's canonical case (`X-Amz-Meta-Traceparent`)."""
+    if not isinstance(metadata, dict):
+        return None
+    for key, value in metadata.items():
+        if isinstance(key, str) and key.lower() == name and isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _object(value: Any, where: str, problems: list[str]) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def json_object(body: bytes, source: str) -> dict[str, Any]:
     """The body as a JSON object, or MalformedNotification."""
     try:
         parsed = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise MalformedNotification(source, [f"body is not JSON: {exc}"]) from None
     if not isinstance(parsed, dict):
         raise MalformedNotification(source, ["body must be a JSON object"])

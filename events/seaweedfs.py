@@ -62,6 +62,8 @@ _EVENT_TYPES: Final = frozenset({"create", "update", "delete", "rename"})
 _ETAG: Final = "Seaweed-X-Amz-ETag"
 _UPLOAD_ID: Final = "X-Seaweedfs-Upload-Id"
 _VERSION_ID: Final = "Seaweed-X-Amz-Version-Id"
+# User metadata presign sets (x-amz-meta-traceparent): the upload's trace, carried across storage.
+_TRACEPARENT: Final = "X-Amz-Meta-Traceparent"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class FilerEntry:
     chunk_ids: tuple[str, ...]  # "<volume>,<file key>,<cookie>" of each chunk: new bytes, new chunks
     newest_chunk_ns: int
     inline_digest: str | None  # small files may be stored inline in `content`
+    traceparent: str | None = None  # X-Amz-Meta-Traceparent
 
     @classmethod
     def read(cls, raw: Any, where: str, problems: list[str]) -> FilerEntry | None:
@@ -130,6 +133,7 @@ class FilerEntry:
             chunk_ids=tuple(_chunk_id(c) for c in chunks),
             newest_chunk_ns=max(chunk_times, default=0),
             inline_digest=inline,
+            traceparent=_extended(extended, _TRACEPARENT),
         )
 
     @property
@@ -243,7 +247,8 @@ def _removal(path: str, entry: FilerEntry, owned_buckets: OwnedBuckets,
     name = "ObjectRemoved:Delete"
     return ObjectRemoved(id=_event_id(name, bucket, key, entry), event_name=name, event_source=EVENT_SOURCE,
                          region="", bucket=bucket, key=key, time=received_at, size=entry.size, etag=entry.etag,
-                         sequencer=entry.sequencer, content_type=entry.mime, version_id=entry.version_id)
+                         sequencer=entry.sequencer, content_type=entry.mime, version_id=entry.version_id,
+                         traceparent=entry.traceparent)
 
 
 def _creation(path: str, entry: FilerEntry, previous: FilerEntry | None, owned_buckets: OwnedBuckets, *,
@@ -258,7 +263,7 @@ def _creation(path: str, entry: FilerEntry, previous: FilerEntry | None, owned_b
     return ObjectCreated(id=_event_id(name, bucket, key, entry), event_name=name, event_source=EVENT_SOURCE,
                          region="", bucket=bucket, key=key, time=_time_of(entry.sequencer_ns), size=entry.size,
                          etag=entry.etag, sequencer=entry.sequencer, content_type=entry.mime,
-                         version_id=entry.version_id)
+                         version_id=entry.version_id, traceparent=entry.traceparent)
 
 
 def _creation_name(entry: FilerEntry, key: str, previous: FilerEntry | None, *, fresh: bool) -> str:

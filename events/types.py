@@ -32,6 +32,8 @@ from cloudevents.http import CloudEvent
 SPEC_VERSION: Final = "1.0"
 JSON_CONTENT_TYPE: Final = "application/json"
 BUCKET_EXTENSION: Final = "bucket"
+# CloudEvents distributed-tracing extension (W3C trace context of the event; shared/tracing.py).
+TRACEPARENT_EXTENSION: Final = "traceparent"
 
 # -- storage (CloudEvents AWS S3 adapter) --
 S3_TYPE_PREFIX: Final = "com.amazonaws.s3."
@@ -130,7 +132,7 @@ class _Reader:
         if isinstance(data, bytes | str):
             try:
                 data = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 self.problems.append("data is not JSON")
                 return {}
         if not isinstance(data, dict):
@@ -224,6 +226,9 @@ class StorageObjectEvent:
     sequencer: str | None = None  # hex; orders events of one key (see shared.metadata.is_newer)
     content_type: str | None = None
     version_id: str | None = None  # only on versioned buckets
+    # The trace this event continues: the object's x-amz-meta-traceparent (the upload's trace), as the
+    # adapter found it in the notification, or the extension attribute of a received event.
+    traceparent: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -255,8 +260,11 @@ class StorageObjectEvent:
                 "sequencer": self.sequencer, "content_type": self.content_type, "version_id": self.version_id}
 
     def to_cloudevent(self) -> CloudEvent:
+        extensions = {BUCKET_EXTENSION: self.bucket}
+        if self.traceparent:
+            extensions[TRACEPARENT_EXTENSION] = self.traceparent
         return _cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time, subject=self.key,
-                           data=self.data(), extensions={BUCKET_EXTENSION: self.bucket})
+                           data=self.data(), extensions=extensions)
 
     @classmethod
     def from_cloudevent(cls, event: CloudEvent) -> StorageObjectEvent:
@@ -284,7 +292,8 @@ class StorageObjectEvent:
             id=read.id, event_name=read.type.removeprefix(S3_TYPE_PREFIX), event_source=event_source, region=region,
             bucket=bucket, key=key, time=read.time, size=read.size("size"), etag=read.text("etag", optional=True),
             sequencer=_hex_or_problem(read, "sequencer"), content_type=read.text("content_type", optional=True),
-            version_id=read.text("version_id", optional=True))
+            version_id=read.text("version_id", optional=True),
+            traceparent=read.optional_attribute(TRACEPARENT_EXTENSION))
         return read.done(kinds.get(read.type, ObjectCreated), **fields)
 
 

@@ -22,9 +22,11 @@ import flask
 from events.emit import EventSink
 from events.minio import parse_minio_notification
 from events.notifications import Adapted, MalformedNotification, OwnedBuckets
+from events.types import StorageObjectEvent
 from events.seaweedfs import parse_seaweedfs_notification
+from shared import tracing
 from shared.errors import BadRequest, DependencyUnavailable, PayloadTooLarge, Unauthorized
-from shared.logs import log_event
+from shared.logs import context, log_event
 from shared.settings import MIB, EventSettings
 from shared.web import json_response
 
@@ -88,8 +90,21 @@ class StorageWebhook:
             log_event(logger, "malformed notification", logging.WARNING, storage=storage, problems=exc.problems,
                       bytes=len(body))
             raise BadRequest(str(exc)) from None
-        self._sink.send_all(event.to_cloudevent() for event in adapted.events)
+        for event in adapted.events:
+            self._forward(event)
         log_event(logger, "notification forwarded", storage=storage,
                   accepted=[{"id": e.id, "type": e.type, "bucket": e.bucket, "key": e.key} for e in adapted.events],
                   ignored=[{"what": i.what, "reason": i.reason} for i in adapted.ignored])
         return json_response(200, {"accepted": len(adapted.events), "ignored": len(adapted.ignored)})
+
+    def _forward(self, event: StorageObjectEvent) -> None:
+        """Send one event in a span of the upload's trace (the object's traceparent), carried by the event.
+
+        Sending stops at the first failure (raised): storage's retry resends the rest, ids unchanged.
+        """
+        with tracing.span(f"{event.type} publish", parent=event.traceparent,
+                          attributes={"cloudevents.event_id": event.id, "cloudevents.event_type": event.type}), \
+                context(event_id=event.id, event_type=event.type):
+            self._sink.send(tracing.with_traceparent(event.to_cloudevent()))
+            log_event(logger, "storage event forwarded", outcome="forwarded", bucket=event.bucket, key=event.key,
+                      continues_upload_trace=event.traceparent is not None)

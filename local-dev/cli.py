@@ -4,6 +4,12 @@
     dropgate-dev token --sub alice --roles uploader   a dev JWT the local presign accepts
     dropgate-dev env                              the functions' environment, as shell exports
     dropgate-dev migrate                          apply database migrations (uses DATABASE_URL)
+
+Operator commands (local-dev/ops.py, docs/operations.md):
+    dropgate-dev history <upload-id>              row + audit trail + storage now + broker deliveries
+    dropgate-dev replay-dead-letters              re-post dead-lettered events to the broker
+    dropgate-dev rescan <upload-id>               scan a clean/failed file again (audited)
+    dropgate-dev expire-now                       run the expire pass now
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
+from dropgate_local import ops
 from dropgate_local.processes import StartupError
 from dropgate_local.stack import DEFAULT_DATA_DIR, FUNCTIONS, HOST, LocalStack, StackPorts
 
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     token.set_defaults(run=_token)
     sub.add_parser("env", help="print the functions' environment as shell exports").set_defaults(run=_env)
     sub.add_parser("migrate", help="apply database migrations to DATABASE_URL").set_defaults(run=_migrate)
+    ops.register(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 

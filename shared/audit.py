@@ -9,6 +9,8 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
+from shared import tracing
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -25,9 +27,13 @@ class Actor:
 
 def record(conn: psycopg.Connection, actor: Actor, action: str, upload_id: UUID | str | None,
            **detail: Any) -> None:
-    """Write one entry in the caller's transaction, so it commits or rolls back with the change it describes."""
+    """Write one entry in the caller's transaction, so it commits or rolls back with the change it describes.
+
+    `trace_id` is the actor's, else the current trace's (shared.tracing), so every step of an
+    upload's history names the trace that made it.
+    """
     conn.execute(
         "INSERT INTO audit_log (upload_id, actor, action, detail, source_ip, trace_id)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
-        (upload_id, actor.name, action, Jsonb(detail), actor.source_ip, actor.trace_id),
+        (upload_id, actor.name, action, Jsonb(detail), actor.source_ip, actor.trace_id or tracing.current_trace_id()),
     )

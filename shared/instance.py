@@ -18,7 +18,7 @@ from typing import TypeVar
 from botocore.client import BaseClient
 from psycopg_pool import ConnectionPool
 
-from shared import logs
+from shared import logs, metrics, tracing
 from shared.db import check_database, create_pool
 from shared.scanner import StreamingClamd, check_clamd, create_scanner
 from shared.settings import Settings, SettingsError
@@ -42,6 +42,10 @@ class FunctionInstance:
         self.name = name
         self.sections = tuple(sections)
         self.settings = load_settings_or_exit(self.sections)
+        if self.settings.has("observability"):
+            observability = self.settings.observability
+            tracing.configure(name, observability.traces_exporter, observability.otlp_endpoint)
+            metrics.configure(observability.metrics_token)
         self._lock = threading.RLock()  # re-entrant: one built object may need another
         self._built: dict[str, object] = {}
         atexit.register(self.stop)

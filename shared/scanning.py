@@ -13,7 +13,9 @@ Verdicts, in this order of precedence:
 Exactly one verdict per upload: the row is claimed (`scanning`), the verdict is
 written only if the row is still `scanning`, and only after every byte storage
 reported was read and scanned. A duplicate or concurrent delivery finds the
-verdict already there and answers with it. Failures of clamd, storage or the
+verdict already there and answers with it; one that arrives while the object is
+being scanned waits for that scan (a per-object advisory lock, `scan_lock_name`)
+instead of reading the same bytes a second time. Failures of clamd, storage or the
 database raise, so the function answers 5xx and the broker retries.
 Infected and rejected objects are moved to the quarantine bucket (server-side
 copy, then delete) before the verdict is written; clean ones are tagged.
@@ -21,25 +23,29 @@ copy, then delete) before the verdict is written; clean ones are tagged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+import psycopg
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from psycopg_pool import ConnectionPool
 
-from shared import audit, filetype
+from shared import audit, filetype, metrics
 from shared.audit import Actor
-from shared.errors import Gone
-from shared.logs import log_event
+from shared.errors import DependencyUnavailable, Gone
+from shared.logs import bind, log_event
 from shared.scanner import ScannerUnavailable, StreamingClamd
 from shared.settings import ClamdSettings, StorageSettings
+from shared.storage import sse_arguments
 
 logger = logging.getLogger("dropgate.scan")
 
@@ -47,6 +53,19 @@ Verdict = Literal["clean", "infected", "rejected", "failed"]
 VERDICTS: Final = ("clean", "infected", "rejected", "failed")
 ACTOR: Final = Actor.system("scan")
 _CLAIMABLE: Final = ("pending", "uploaded", "scanning")
+_LOCK_POLL_SECONDS: Final = 0.2
+
+
+def scan_lock_name(bucket: str, key: str) -> str:
+    """The PostgreSQL advisory lock (`hashtextextended(name, 0)`) a scan holds on its object while it runs.
+
+    Deliveries of one object (storage's notification, presign's fast path, a re-drive by the
+    reconciliation pass) wait for each other instead of streaming the same bytes through clamd
+    twice. A scan whose process dies loses its database session, and the lock with it, so the
+    next delivery goes ahead at once. shared.reconcile asks for the same lock to tell a scan that
+    is running from one that is stuck.
+    """
+    return f"dropgate-scan:{bucket}/{key}"
 
 
 def _is_missing(exc: ClientError) -> bool:
@@ -55,6 +74,10 @@ def _is_missing(exc: ClientError) -> bool:
 
 class IncompleteRead(IOError):
     """Storage ended the stream before the length it announced: no verdict may be written."""
+
+
+class ScanInProgress(DependencyUnavailable):
+    """Another delivery has been scanning this object for longer than a delivery waits: retry later."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,14 @@ class ScanResult:
     detected_type: str | None
     scanned_at: datetime
     already_decided: bool = False  # True when a previous delivery wrote the verdict
+
+
+def _release_lock(conn: psycopg.Connection, name: str) -> None:
+    try:
+        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
+        conn.commit()
+    except psycopg.Error:
+        conn.close()  # the pool discards a closed connection; its session, and the lock, end with it
 
 
 class _MeasuredStream:
@@ -143,16 +174,46 @@ class ObjectScanner:
         self._pool = pool
         self._s3 = s3
         self._scanner = scanner
+        # A duplicate delivery waits at most about as long as one scan may take (one clamd call).
+        self._lock_wait_seconds = clamd.timeout_seconds + 60
 
     def scan(self, bucket: str, key: str, event_id: str) -> ScanResult | None:
         """Scan the object an "object created" event names; None when dropgate has no upload for it."""
-        upload = self._claim(bucket, key)
-        if upload is None:
-            log_event(logger, "no upload for this object; ignored", bucket=bucket, key=key, event_id=event_id)
-            return None
-        if upload["status"] in VERDICTS:
-            return self._result_from_row(upload, already_decided=True)
-        return self._scan_claimed(upload, event_id)
+        with self._object_lock(bucket, key):
+            upload = self._claim(bucket, key)
+            if upload is None:
+                log_event(logger, "no upload for this object; ignored", bucket=bucket, key=key, event_id=event_id)
+                return None
+            bind(upload_id=str(upload["id"]))
+            if upload["status"] in VERDICTS:
+                log_event(logger, "verdict already written; answered with it", outcome="already_decided",
+                          verdict=upload["status"])
+                return self._result_from_row(upload, already_decided=True)
+            return self._scan_claimed(upload, event_id)
+
+    @contextlib.contextmanager
+    def _object_lock(self, bucket: str, key: str) -> Iterator[None]:
+        """Hold the object's scan lock (see `scan_lock_name`) on a pooled connection for the whole scan.
+
+        A waiting delivery polls without holding a connection, so waiters never starve the scan
+        they wait for of the pool; once it gets the lock it usually finds the verdict written.
+        """
+        name = scan_lock_name(bucket, key)
+        deadline = time.monotonic() + self._lock_wait_seconds
+        while True:
+            with self._pool.connection() as conn:
+                locked = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS locked",
+                                      (name,)).fetchone()["locked"]
+                conn.commit()  # the lock is the session's; no transaction stays open during the scan
+                if locked:
+                    try:
+                        yield
+                    finally:
+                        _release_lock(conn, name)
+                    return
+            if time.monotonic() >= deadline:
+                raise ScanInProgress(f"another delivery is scanning {bucket}/{key}", headers={"Retry-After": "30"})
+            time.sleep(_LOCK_POLL_SECONDS)
 
     def _claim(self, bucket: str, key: str) -> dict[str, Any] | None:
         with self._pool.connection() as conn:
@@ -170,12 +231,14 @@ class ObjectScanner:
             return row
 
     def _scan_claimed(self, upload: dict[str, Any], event_id: str) -> ScanResult:
+        started = time.monotonic()
         bucket, body, length = self._open(upload)
         stream = _MeasuredStream(body, self._chunk_size, length)
         try:
             outcome = self._scanner.scan_chunks(stream)
         finally:
             body.close()
+            metrics.SCAN_BYTES.inc(stream.length)
         if outcome.outcome == "error":
             raise ScannerUnavailable(f"clamd could not scan: {outcome.detail}")
         if outcome.outcome != "limit_exceeded" and not stream.finished:
@@ -187,7 +250,11 @@ class ObjectScanner:
         elif verdict == "clean":
             self._tag_clean(bucket, upload["object_key"])
         sha256 = stream.sha256.hexdigest() if stream.finished else None
-        return self._record(upload, bucket, verdict, detail, sha256, stream, now, event_id)
+        result = self._record(upload, bucket, verdict, detail, sha256, stream, now, event_id)
+        if not result.already_decided:
+            metrics.SCAN_VERDICTS.labels(verdict).inc()
+            metrics.SCAN_DURATION.observe(time.monotonic() - started)
+        return result
 
     def _open(self, upload: dict[str, Any]) -> tuple[str, Any, int]:
         """The object's body from the uploads bucket, or from quarantine when a crashed attempt already moved it."""
@@ -224,7 +291,7 @@ class ObjectScanner:
         if current_bucket != quarantine:
             try:
                 self._s3.copy_object(Bucket=quarantine, Key=key, CopySource={"Bucket": current_bucket, "Key": key},
-                                     MetadataDirective="COPY")
+                                     MetadataDirective="COPY", **sse_arguments(self._storage))
             except ClientError as exc:
                 # A concurrent delivery of the same event may have moved it a moment ago.
                 if not (_is_missing(exc) and self._exists(quarantine, key)):
@@ -262,7 +329,7 @@ class ObjectScanner:
             conn.execute("INSERT INTO processed_events (consumer, event_id, event_type, outcome)"
                          " VALUES ('scan', %s, 'object.created', %s) ON CONFLICT DO NOTHING", (event_id, verdict))
         log_event(logger, "scan verdict", upload_id=str(upload["id"]), verdict=verdict, detail=detail,
-                  size=stream.length)
+                  size=stream.length, outcome=verdict, bucket=bucket)
         return ScanResult(upload_id=str(upload["id"]), bucket=bucket, key=upload["object_key"], verdict=verdict,
                           detail=detail, sha256=sha256, size=stream.length, detected_type=detected, scanned_at=now)
 

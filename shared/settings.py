@@ -32,6 +32,8 @@ _SIZE_UNITS: Final = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
                       "KIB": KIB, "MIB": MIB, "GIB": GIB}
 _SIZE_PATTERN: Final = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 _FORBIDDEN_JWT_ALGORITHMS: Final = frozenset({"none", "HS256", "HS384", "HS512"})
+SSE_ALGORITHMS: Final = ("AES256", "aws:kms", "none")
+TRACES_EXPORTERS: Final = ("none", "console", "otlp")
 
 T = TypeVar("T")
 
@@ -158,10 +160,22 @@ class StorageSettings:
     uploads_bucket: str
     quarantine_bucket: str
     allowed_origins: tuple[str, ...]  # bucket CORS, for the setup step
+    # Server-side encryption of every object dropgate makes storage write (docs/operations.md):
+    # "AES256" (SSE-S3, the default), "aws:kms" (SSE-KMS, with sse_kms_key_id or the server's
+    # default key) or None (DROPGATE_SSE=none: leave it to the bucket).
+    sse_algorithm: str | None = "AES256"
+    sse_kms_key_id: str | None = None
 
     @classmethod
     def read(cls, env: _EnvReader) -> StorageSettings:
         endpoint = env.optional_url("DROPGATE_S3_ENDPOINT")
+        sse = env.text("DROPGATE_SSE", "AES256")
+        kms_key_id = env.optional_text("DROPGATE_SSE_KMS_KEY_ID")
+        if sse not in SSE_ALGORITHMS:
+            env.problems.append(f"DROPGATE_SSE={sse!r}: expected one of {', '.join(SSE_ALGORITHMS)}")
+        elif kms_key_id and sse != "aws:kms":
+            env.problems.append(f"DROPGATE_SSE_KMS_KEY_ID is set but DROPGATE_SSE is {sse!r}; "
+                                "set DROPGATE_SSE=aws:kms to encrypt with that key")
         return cls(
             endpoint_url=endpoint,
             public_endpoint_url=env.optional_url("DROPGATE_S3_PUBLIC_ENDPOINT") or endpoint,
@@ -171,6 +185,8 @@ class StorageSettings:
             uploads_bucket=env.text("DROPGATE_UPLOADS_BUCKET", "dropgate-uploads"),
             quarantine_bucket=env.text("DROPGATE_QUARANTINE_BUCKET", "dropgate-quarantine"),
             allowed_origins=env.words("DROPGATE_ALLOWED_ORIGINS", ()),
+            sse_algorithm=None if sse == "none" else sse,
+            sse_kms_key_id=kms_key_id,
         )
 
 
@@ -283,6 +299,9 @@ class EventSettings:
     # The uploads and quarantine buckets (same variables as the storage section): the storage
     # adapter ignores notifications about any other bucket, without needing storage credentials.
     owned_buckets: tuple[str, ...] = ("dropgate-uploads", "dropgate-quarantine")
+    # presign's fast path: a completed upload's "object created" event goes to K_SINK at once, so a
+    # lost storage notification costs no delay (the reconciliation pass stays the guarantee).
+    emit_on_complete: bool = False
 
     @classmethod
     def read(cls, env: _EnvReader) -> EventSettings:
@@ -292,6 +311,7 @@ class EventSettings:
             source=env.text("DROPGATE_EVENT_SOURCE", "dropgate"),
             owned_buckets=(env.text("DROPGATE_UPLOADS_BUCKET", "dropgate-uploads"),
                            env.text("DROPGATE_QUARANTINE_BUCKET", "dropgate-quarantine")),
+            emit_on_complete=env.boolean("DROPGATE_EMIT_ON_COMPLETE", False),
         )
 
 
@@ -319,6 +339,49 @@ class RetentionSettings:
         )
 
 
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    """Tracing export and the /metrics guard (shared/tracing.py, shared/metrics.py; docs/operations.md)."""
+
+    traces_exporter: str  # OTEL_TRACES_EXPORTER: none (default), console or otlp
+    otlp_endpoint: str | None  # OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://otel-collector:4318
+    metrics_token: str | None  # DROPGATE_METRICS_TOKEN: when set, GET /metrics needs it as a bearer token
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> ObservabilitySettings:
+        exporter = env.text("OTEL_TRACES_EXPORTER", "none").lower()
+        if exporter not in TRACES_EXPORTERS:
+            env.problems.append(f"OTEL_TRACES_EXPORTER={exporter!r}: expected one of {', '.join(TRACES_EXPORTERS)}")
+        return cls(
+            traces_exporter=exporter,
+            otlp_endpoint=env.optional_url("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            metrics_token=env.optional_text("DROPGATE_METRICS_TOKEN"),
+        )
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """How the reconciliation pass re-drives uploads whose notification was lost (shared/reconcile.py)."""
+
+    grace_seconds: int  # a completed upload without a verdict this long is re-driven; also the gap between re-drives
+    scan_timeout_seconds: int  # a row `scanning` this long, with no scan running it, is stuck
+    max_attempts: int  # re-drives without a verdict before the upload is marked failed
+    max_redrives: int  # uploads re-driven or failed per pass
+    max_checked: int  # unfinished (pending) uploads looked up in storage per pass
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> ReconcileSettings:
+        return cls(
+            # Well below the stale age (24 h), after which expire abandons a pending upload and deletes its object.
+            grace_seconds=env.integer("DROPGATE_RECONCILE_GRACE", 600, minimum=60, maximum=6 * 3600),
+            # Knative's request timeout for scan is 900 s; a row untouched for longer has no scan behind it.
+            scan_timeout_seconds=env.integer("DROPGATE_RECONCILE_SCAN_TIMEOUT", 1800, minimum=60, maximum=24 * 3600),
+            max_attempts=env.integer("DROPGATE_RECONCILE_MAX_ATTEMPTS", 3, minimum=1, maximum=100),
+            max_redrives=env.integer("DROPGATE_RECONCILE_MAX_PER_RUN", 1000, minimum=1, maximum=100_000),
+            max_checked=env.integer("DROPGATE_RECONCILE_MAX_CHECKED", 1000, minimum=1, maximum=100_000),
+        )
+
+
 _SECTIONS: Final[dict[str, type]] = {
     "storage": StorageSettings,
     "database": DatabaseSettings,
@@ -327,6 +390,8 @@ _SECTIONS: Final[dict[str, type]] = {
     "limits": LimitSettings,
     "events": EventSettings,
     "retention": RetentionSettings,
+    "reconcile": ReconcileSettings,
+    "observability": ObservabilitySettings,
 }
 
 
@@ -369,6 +434,17 @@ class Settings:
     @property
     def retention(self) -> RetentionSettings:
         return self._section("retention")
+
+    @property
+    def reconcile(self) -> ReconcileSettings:
+        return self._section("reconcile")
+
+    @property
+    def observability(self) -> ObservabilitySettings:
+        return self._section("observability")
+
+    def has(self, name: str) -> bool:
+        return name in self._sections
 
     @classmethod
     def from_env(cls, sections: Iterable[str], environ: Mapping[str, str] | None = None) -> Settings:

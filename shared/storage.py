@@ -108,6 +108,41 @@ def set_lifecycle_rules(client: BaseClient, bucket: str, retention_days: int = M
     return True
 
 
+def sse_arguments(settings: StorageSettings) -> dict[str, str]:
+    """The server-side encryption parameters of a write (CreateMultipartUpload, CopyObject, PutObject).
+
+    Sent on every write rather than trusting the bucket default alone: a CopyObject without them
+    into a bucket without a default stores the copy unencrypted (SeaweedFS 4.48 decrypts it).
+    """
+    if settings.sse_algorithm is None:
+        return {}
+    arguments = {"ServerSideEncryption": settings.sse_algorithm}
+    if settings.sse_algorithm == "aws:kms" and settings.sse_kms_key_id:
+        arguments["SSEKMSKeyId"] = settings.sse_kms_key_id
+    return arguments
+
+
+def set_bucket_encryption(client: BaseClient, bucket: str, settings: StorageSettings) -> bool:
+    """Make the settings' encryption the bucket default (PutBucketEncryption); True when it changed."""
+    if settings.sse_algorithm is None:
+        return False
+    default: dict[str, str] = {"SSEAlgorithm": settings.sse_algorithm}
+    if settings.sse_algorithm == "aws:kms" and settings.sse_kms_key_id:
+        default["KMSMasterKeyID"] = settings.sse_kms_key_id
+    try:
+        rules = client.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in (
+                "ServerSideEncryptionConfigurationNotFoundError", "NoSuchEncryptionConfiguration", "404"):
+            raise
+        rules = []
+    if any(rule.get("ApplyServerSideEncryptionByDefault") == default for rule in rules):
+        return False
+    client.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": default}]})
+    return True
+
+
 def set_up_buckets(settings: StorageSettings, client: BaseClient | None = None) -> list[str]:
     """The set-up step run by the local stack and by the production set-up Job. Idempotent."""
     client = client or create_s3_client(settings)
@@ -118,6 +153,8 @@ def set_up_buckets(settings: StorageSettings, client: BaseClient | None = None) 
         if set_lifecycle_rules(client, bucket):
             actions.append(f"lifecycle on {bucket}: expire after {MAX_RETENTION_DAYS} days, "
                            "abort incomplete multipart uploads after 1 day")
+        if set_bucket_encryption(client, bucket, settings):
+            actions.append(f"default encryption on {bucket}: {settings.sse_algorithm}")
     if settings.allowed_origins:
         set_upload_cors(client, settings.uploads_bucket, settings.allowed_origins)
         actions.append(f"CORS on {settings.uploads_bucket} for {', '.join(settings.allowed_origins)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import binascii
+import logging
 import math
 import re
 import unicodedata
@@ -30,14 +31,20 @@ from botocore.client import BaseClient
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg_pool import ConnectionPool
 
-from shared import audit
+from events.types import ObjectCreated
+from shared import audit, metrics, tracing
 from shared.audit import Actor
 from shared.auth import ROLE_ADMIN, ROLE_UPLOADER, Principal
-from shared.errors import BadRequest, Conflict, DependencyUnavailable, Forbidden, Gone, NotFound, PayloadTooLarge, \
-    UnsupportedMediaType
+from shared.errors import ApiError, BadRequest, Conflict, DependencyUnavailable, Forbidden, Gone, NotFound, \
+    PayloadTooLarge, UnsupportedMediaType
 from shared.limits import count_request, reserve_upload_quota
+from shared.logs import bind, log_event
 from shared.settings import MIB, S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, LimitSettings, StorageSettings
+from shared.reconcile import object_created_event
 from shared.sigv4 import PresignedUrl, PresignSigner
+from shared.storage import sse_arguments
+
+logger = logging.getLogger("dropgate.uploads")
 
 MAX_PARTS_PER_BATCH = 1000
 DOWNLOAD_URL_SECONDS = 300
@@ -46,6 +53,8 @@ _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _NOT_YET_SCANNED = {"pending", "uploaded", "scanning"}
 _QUARANTINED = {"infected", "rejected", "failed"}
 _GONE = {"expired", "aborted", "abandoned"}
+# States only a completed upload reaches (scan may claim a pending row whose object storage announced).
+_COMPLETED = {"uploaded", "scanning", "clean", "infected", "rejected", "failed"}
 
 
 # -- requests, as parsed from JSON --
@@ -231,13 +240,17 @@ def _is_missing_upload(exc: ClientError) -> bool:
 
 class UploadService:
     def __init__(self, *, storage: StorageSettings, limits: LimitSettings, pool: ConnectionPool, s3: BaseClient,
-                 signer: PresignSigner, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 signer: PresignSigner, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 announce: Callable[[ObjectCreated], None] | None = None) -> None:
+        """`announce`, when given, is presign's fast path: it gets each completed upload's "object created"
+        event (the canonical one, shared.reconcile), so a lost storage notification costs no delay."""
         self._storage = storage
         self._limits = limits
         self._pool = pool
         self._s3 = s3
         self._signer = signer
         self._clock = clock
+        self._announce = announce
 
     @property
     def bucket(self) -> str:
@@ -298,15 +311,24 @@ class UploadService:
                 with contextlib.suppress(DependencyUnavailable):
                     self._abort_multipart(key, storage_upload_id)
             raise
+        metrics.UPLOADS_CREATED.inc()
+        bind(upload_id=str(upload_id))
+        log_event(logger, "upload created", outcome="created", key=key, size=new.size, parts=row["part_count"],
+                  content_type=new.content_type, owner=principal.subject)
         return Upload(row)
 
     def _start_multipart(self, key: str, new: NewUpload, upload_id: uuid.UUID, filename: str) -> str:
         metadata = {"upload-id": str(upload_id), "filename": quote(filename, safe="")}
         if new.sha256:
             metadata["declared-sha256"] = new.sha256
+        traceparent = tracing.current_traceparent()
+        if traceparent:
+            # The object keeps it, and storage's notification repeats it: how the trace crosses storage.
+            metadata[tracing.TRACEPARENT] = traceparent
         try:
             response = self._s3.create_multipart_upload(
-                Bucket=self.bucket, Key=key, ContentType=new.content_type, Metadata=metadata)
+                Bucket=self.bucket, Key=key, ContentType=new.content_type, Metadata=metadata,
+                **sse_arguments(self._storage))
         except (ClientError, BotoCoreError) as exc:
             raise _storage_unavailable(exc) from exc
         return response["UploadId"]
@@ -407,6 +429,10 @@ class UploadService:
                                        headers=headers, expires_in=expiry, now=now)
             signed.append({"number": request.number, "url": url.url, "headers": url.headers,
                            "expires_at": url.expires_at.isoformat()})
+        metrics.PART_URLS_SIGNED.inc(len(signed))
+        bind(upload_id=str(upload.id))
+        log_event(logger, "part urls signed", outcome="signed", parts=[part["number"] for part in signed],
+                  expires_in=expiry)  # never the URLs: they are credentials until they expire
         return signed
 
     @staticmethod
@@ -420,12 +446,19 @@ class UploadService:
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, upload_id, for_update=True)
             if upload.status != "pending":
-                if upload.status in ("uploaded", "scanning", "clean") and upload.row["completed_at"]:
+                if upload.status in _COMPLETED:
                     return upload  # a retried completion: same answer, nothing done twice
                 raise Conflict(f"upload is {upload.status}, not pending")
             row = upload.row
-            problem = self._completion_problem(row, claimed, self._stored_parts(upload))
-            if problem is None:
+            stored = self._stored_parts(upload)
+            problem = self._completion_problem(row, claimed, stored)
+            # No parts left in storage: a completion that died between storage and its commit may have
+            # completed this very upload already. Then this retry records it; aborting would delete the file.
+            etag = self._completed_earlier(row) if problem is not None and not stored else None
+            if etag is not None:
+                problem = None
+                updated = self._record_completion(conn, row, claimed, etag, actor, found_completed=True)
+            elif problem is None:
                 updated = self._complete_in_storage(conn, row, claimed, actor)
             else:
                 self._abort_multipart(row["object_key"], row["storage_upload_id"])
@@ -434,9 +467,31 @@ class UploadService:
                              " WHERE id = %s", (problem, row["id"]))
                 audit.record(conn, actor, "upload.rejected_at_completion", row["id"], reason=problem)
         # Raised after the transaction committed: the abort and its record stay.
+        bind(upload_id=str(upload.id))
         if problem is not None:
+            metrics.UPLOADS_ABORTED.labels("completion_check").inc()
+            log_event(logger, "upload aborted at completion", logging.WARNING, outcome="aborted", reason=problem)
             raise BadRequest(f"upload aborted: {problem}")
+        metrics.UPLOADS_COMPLETED.inc()
+        log_event(logger, "upload completed", outcome="completed", parts=len(claimed), etag=updated["etag"])
+        self._announce_completion(updated)
         return Upload(updated)
+
+    def _announce_completion(self, row: dict[str, Any]) -> None:
+        """The fast path: send the object's canonical "object created" event now, after the commit.
+
+        Best effort: the completion stands whatever happens here, because the reconciliation pass
+        re-drives an upload whose event went missing. The event id is the one every re-drive of
+        this object version uses, and scan answers a later storage notification with the verdict.
+        """
+        if self._announce is None:
+            return
+        try:
+            head = self._s3.head_object(Bucket=row["bucket"], Key=row["object_key"])
+            self._announce(object_created_event(row, head))
+        except (ApiError, ClientError, BotoCoreError) as exc:
+            log_event(logger, "completion not announced; the reconciliation pass will re-drive it", logging.WARNING,
+                      outcome="not_announced", error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _complete_in_storage(self, conn: psycopg.Connection, row: dict[str, Any], claimed: list[CompletedPart],
                              actor: Actor) -> dict[str, Any]:
@@ -447,11 +502,33 @@ class UploadService:
                                            for p in sorted(claimed, key=lambda p: p.number)]})
         except (ClientError, BotoCoreError) as exc:
             raise _storage_unavailable(exc) from exc
+        return self._record_completion(conn, row, claimed, normalise_etag(result.get("ETag", "")), actor)
+
+    def _record_completion(self, conn: psycopg.Connection, row: dict[str, Any], claimed: list[CompletedPart],
+                           etag: str, actor: Actor, **detail: Any) -> dict[str, Any]:
         updated = conn.execute(
             "UPDATE uploads SET status = 'uploaded', etag = %s, completed_at = now(), updated_at = now()"
-            " WHERE id = %s RETURNING *", (normalise_etag(result.get("ETag", "")), row["id"])).fetchone()
-        audit.record(conn, actor, "upload.completed", row["id"], parts=len(claimed), etag=updated["etag"])
+            " WHERE id = %s RETURNING *", (etag, row["id"])).fetchone()
+        audit.record(conn, actor, "upload.completed", row["id"], parts=len(claimed), etag=updated["etag"], **detail)
         return updated
+
+    def _completed_earlier(self, row: dict[str, Any]) -> str | None:
+        """The object's ETag when storage already holds this upload's completed object, else None.
+
+        Only presign completes multipart uploads, and only after checking the parts, so an object at
+        the upload's key that carries its id and declared size is that completion's result.
+        """
+        try:
+            head = self._s3.head_object(Bucket=row["bucket"], Key=row["object_key"])
+        except ClientError as exc:
+            if _is_missing_upload(exc):
+                return None
+            raise _storage_unavailable(exc) from exc
+        except BotoCoreError as exc:
+            raise _storage_unavailable(exc) from exc
+        if head.get("Metadata", {}).get("upload-id") != str(row["id"]) or head.get("ContentLength") != row["declared_size"]:
+            return None
+        return normalise_etag(head.get("ETag", ""))
 
     @staticmethod
     def _completion_problem(row: dict[str, Any], claimed: list[CompletedPart], stored: list[StoredPart]) -> str | None:
@@ -490,6 +567,9 @@ class UploadService:
             row = conn.execute("UPDATE uploads SET status = 'aborted', status_reason = 'cancelled by the user',"
                                " updated_at = now() WHERE id = %s RETURNING *", (upload.id,)).fetchone()
             audit.record(conn, actor, "upload.aborted", upload.id)
+        metrics.UPLOADS_ABORTED.labels("user").inc()
+        bind(upload_id=str(upload.id))
+        log_event(logger, "upload aborted", outcome="aborted", reason="cancelled by the user")
         return Upload(row)
 
     # -- files --
@@ -507,6 +587,10 @@ class UploadService:
                 raise Forbidden(f"the file is {status} and will not be served")
             row = upload.row
             audit.record(conn, actor, "file.download_url", upload.id)
+        metrics.DOWNLOAD_URLS_SIGNED.inc()
+        bind(upload_id=str(upload.id))
+        log_event(logger, "download url signed", outcome="signed", expires_in=min(
+            DOWNLOAD_URL_SECONDS, self._limits.url_expiry_seconds))
         return self._signer.presign(
             "GET", row["bucket"], row["object_key"],
             query={"response-content-disposition": content_disposition(row["filename"]),

@@ -5,6 +5,11 @@ a small route table into that one callable. Every function, HTTP or
 CloudEvent, answers `GET /healthz` (Knative's readiness probe) with the state
 of the services it really depends on, and every error leaves as
 `{"error", "detail"}` JSON with the status its exception class carries.
+
+Both kinds also answer `GET /metrics` (Prometheus text, shared/metrics.py), and run each
+request or event in a span of its trace (shared/tracing.py): an HTTP request continues
+its `traceparent` header and gets a `traceresponse` header back; an event continues its
+`traceparent` extension attribute, and a reply event carries the handler's own.
 """
 
 from __future__ import annotations
@@ -17,18 +22,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import flask
+import werkzeug.exceptions
 from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_http
 
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry.trace import SpanKind
 from psycopg_pool import PoolTimeout
 
 from events.types import InvalidEvent
+from shared import metrics, tracing
 from shared.errors import (ApiError, BadRequest, DependencyUnavailable, MethodNotAllowed, NotFound, PayloadTooLarge,
                            UnsupportedMediaType)
-from shared.logs import log_event
+from shared.logs import context, log_event
 from shared.scanner import ScannerUnavailable
 from shared.scanning import IncompleteRead
 
@@ -63,7 +71,9 @@ def read_json(request: flask.Request, *, max_bytes: int = MAX_JSON_BODY) -> dict
         raise UnsupportedMediaType(f"expected application/json, got {mimetype}")
     try:
         body = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: bad syntax or UTF-8, and integers over Python's 4,300-digit limit; RecursionError:
+        # nesting deeper than the parser's stack. Both are the client's input, never a 500.
         raise BadRequest(f"malformed JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("expected a JSON object")
@@ -118,6 +128,23 @@ def unexpected_error_response(request: flask.Request, exc: Exception) -> flask.R
     return json_response(500, {"error": "internal_error", "detail": "an unexpected error; it has been logged"})
 
 
+def _answer_framework_refusals_as_json() -> None:
+    """Make the requests functions-framework itself refuses answer `{error, detail}` JSON too.
+
+    Its router sends every path to the function through a `/<path:path>` rule, which no path with a
+    control character (`/uploads/%0A`) matches, so werkzeug would answer those with an HTML page.
+    main.py is imported inside the framework's app context, which is when this runs.
+    """
+    if flask.has_app_context():
+        flask.current_app.register_error_handler(werkzeug.exceptions.HTTPException, _framework_refusal)
+
+
+def _framework_refusal(exc: werkzeug.exceptions.HTTPException) -> flask.Response:
+    status = exc.code or 500
+    return json_response(status, {"error": re.sub(r"\W+", "_", (exc.name or "error").lower()),
+                                  "detail": exc.description or exc.name})
+
+
 class HttpApp:
     """Dispatches a request to the route matching its method and path.
 
@@ -130,26 +157,43 @@ class HttpApp:
         self._routes = [(route, route.compile()) for route in routes]
         self._health_checks = health_checks
         self._cors_origins = frozenset(cors_origins)
+        _answer_framework_refusals_as_json()
 
     def __call__(self, request: flask.Request) -> flask.Response:
         if request.path == HEALTH_PATH and request.method == "GET":
             return health_response(self._health_checks)
+        if request.path == metrics.METRICS_PATH and request.method == "GET":
+            return metrics.metrics_response(request)
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             response = flask.Response(status=204)
         else:
-            response = self._dispatch(request)
+            with tracing.span(f"HTTP {request.method}", parent=request.headers.get(tracing.TRACEPARENT),
+                              kind=SpanKind.SERVER, attributes={"http.request.method": request.method,
+                                                                "url.path": request.path}), \
+                    context(method=request.method, path=request.path):
+                response = self._dispatch(request)
+                response.headers[tracing.TRACERESPONSE] = tracing.current_traceparent() or ""
         return self._with_cors(request, response)
 
     def _dispatch(self, request: flask.Request) -> flask.Response:
+        template = "unmatched"
+        response = None
         try:
             route, params = self._match(request)
-            return route.handler(request, **params)
+            template = route.template
+            response = route.handler(request, **params)
+            return response
         except ApiError as exc:
             log_event(logger, "request refused", logging.INFO, method=request.method, path=request.path,
-                      status=exc.status, error=exc.error, detail=exc.detail)
-            return error_response(exc)
+                      status=exc.status, error=exc.error, detail=exc.detail, outcome="refused")
+            response = error_response(exc)
+            return response
         except Exception as exc:  # noqa: BLE001 - every answer is JSON, even for a bug
-            return unexpected_error_response(request, exc)
+            response = unexpected_error_response(request, exc)
+            return response
+        finally:
+            metrics.HTTP_REQUESTS.labels(request.method, template,
+                                         str(response.status_code) if response is not None else "500").inc()
 
     def _with_cors(self, request: flask.Request, response: flask.Response) -> flask.Response:
         origin = request.headers.get("Origin")
@@ -158,7 +202,7 @@ class HttpApp:
             response.headers["Vary"] = "Origin"
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After, traceresponse"
             response.headers["Access-Control-Max-Age"] = "600"
         return response
 
@@ -189,14 +233,31 @@ class CloudEventApp:
     def __init__(self, handler: CloudEventHandler, health_checks: Mapping[str, HealthCheck]):
         self._handler = handler
         self._health_checks = health_checks
+        _answer_framework_refusals_as_json()
 
     def __call__(self, request: flask.Request) -> flask.Response:
         if request.path == HEALTH_PATH and request.method == "GET":
             return health_response(self._health_checks)
+        if request.path == metrics.METRICS_PATH and request.method == "GET":
+            return metrics.metrics_response(request)
         try:
             if request.method != "POST":
                 raise MethodNotAllowed("CloudEvents are delivered with POST", headers={"Allow": "POST"})
             event = parse_cloudevent(request)
+        except ApiError as exc:
+            log_event(logger, "event refused", logging.WARNING, path=request.path,
+                      event_id=request.headers.get("ce-id"), status=exc.status, error=exc.error, detail=exc.detail)
+            return error_response(exc)
+        parent = tracing.parent_of_event(event, request.headers.get(tracing.TRACEPARENT))
+        with tracing.span(f"{event['type']} process", parent=parent, kind=SpanKind.CONSUMER,
+                          attributes={"cloudevents.event_id": event["id"], "cloudevents.event_type": event["type"]}), \
+                context(event_id=event["id"], event_type=event["type"]):
+            response = self._handle(request, event)
+        metrics.EVENTS_RECEIVED.labels(event["type"], str(response.status_code)).inc()
+        return response
+
+    def _handle(self, request: flask.Request, event: CloudEvent) -> flask.Response:
+        try:
             reply = self._handler(event)
         except InvalidEvent as exc:
             # Not retryable: the broker sends a 4xx straight to the dead-letter sink.
@@ -213,7 +274,7 @@ class CloudEventApp:
             return flask.Response(status=204)
         if isinstance(reply, flask.Response):
             return reply  # a handler whose answer is not an event (expire's summary); the broker drops it
-        headers, body = to_binary(reply)
+        headers, body = to_binary(tracing.with_traceparent(reply))
         return flask.Response(body, status=200, headers=headers)
 
 
@@ -226,5 +287,5 @@ def parse_cloudevent(request: flask.Request) -> CloudEvent:
         return from_http(dict(request.headers), body)
     except CloudEventError as exc:
         raise BadRequest(f"malformed CloudEvent: {exc}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: a structured body nested too deep
         raise BadRequest(f"malformed CloudEvent: {exc}") from None

@@ -536,9 +536,11 @@ def test_routing_follows_the_events_contract(name: str) -> None:
     for event in ("ObjectCreated:Copy", "ObjectRemoved:Delete", "ObjectRemoved:DeleteMarkerCreated"):
         assert subscribers(s3(event, uploads)) == {"dropgate-metadata"}
     assert subscribers(s3("ObjectCreated:Put", "not-ours")) == set()
-    (ping,) = table.pings
-    assert subscribers({"specversion": "1.0", "id": "p", "type": PING_EVENT_TYPE, "source": ping.event_source}) \
-        == {"dropgate-expire"}
+    # Each PingSource wakes its own function: the reconcile pass and the retention pass never get each other's ping.
+    assert {p.name for p in table.pings} == {"dropgate-expire", "dropgate-reconcile"}
+    for ping in table.pings:
+        assert subscribers({"specversion": "1.0", "id": "p", "type": PING_EVENT_TYPE, "source": ping.event_source}) \
+            == {ping.name}
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -554,12 +556,13 @@ def test_trigger_filters_agree_with_the_config_and_the_pingsource(name: str) -> 
         assert (label is None) == (bucket is None)
         if bucket is not None:
             assert bucket == labels_to_bucket[label], trigger["metadata"]["name"]
-    ping = named(docs, "PingSource", "dropgate-expire")
-    expire = named(docs, "Trigger", "dropgate-expire-ping")
-    assert expire["spec"]["filter"]["attributes"] == {
-        "type": PING_EVENT_TYPE,
-        "source": f"/apis/v1/namespaces/{ping['metadata']['namespace']}/pingsources/dropgate-expire",
-    }
+    for function in ("expire", "reconcile"):
+        ping = named(docs, "PingSource", f"dropgate-{function}")
+        trigger = named(docs, "Trigger", f"dropgate-{function}-ping")
+        assert trigger["spec"]["filter"]["attributes"] == {
+            "type": PING_EVENT_TYPE,
+            "source": f"/apis/v1/namespaces/{ping['metadata']['namespace']}/pingsources/dropgate-{function}",
+        }
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -597,6 +600,11 @@ def test_emitters_get_the_broker_as_k_sink(name: str) -> None:
     assert ping["spec"]["sink"]["ref"]["kind"] == "Broker" and ping["spec"]["sink"]["ref"]["name"] == "dropgate"
     schedule = CronSchedule.parse(ping["spec"]["schedule"], ping["spec"].get("timezone"))
     assert schedule.minutes == {0} and len(schedule.hours) == 24, "hourly"
+    reconcile = named(docs, "PingSource", "dropgate-reconcile")
+    assert reconcile["spec"]["sink"]["ref"] == {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+                                                "name": "dropgate"}
+    schedule = CronSchedule.parse(reconcile["spec"]["schedule"], reconcile["spec"].get("timezone"))
+    assert schedule.minutes == set(range(0, 60, 5)) and len(schedule.hours) == 24, "every 5 minutes"
 
 
 # ---------------------------------------------------------------- supporting workloads
@@ -674,3 +682,4 @@ def test_dev_adds_databases_and_prod_does_not() -> None:
     assert all(v == 0 for v in scale(dev, "min").values())
     assert scale(prod, "min")["dropgate-presign"] >= 1
     assert dev_max["dropgate-expire"] == prod_max["dropgate-expire"] == 1, "one retention sweep at a time"
+    assert dev_max["dropgate-reconcile"] == prod_max["dropgate-reconcile"] == 1, "one reconciliation pass at a time"

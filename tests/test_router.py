@@ -255,10 +255,12 @@ def test_dev_overlay_routes_the_events_contract(dev_table: RoutingTable) -> None
     assert subscribers(_s3_event("ObjectCreated:Put", "someone-elses-bucket")) == set()
     ping = {"specversion": "1.0", "id": "p", "type": PING_EVENT_TYPE, "source": PING_SOURCE}
     assert subscribers(ping) == {"dropgate-expire"}
+    assert subscribers({**ping, "source": "/apis/v1/namespaces/dropgate/pingsources/dropgate-reconcile"}) \
+        == {"dropgate-reconcile"}
     assert subscribers({**ping, "source": "/apis/v1/namespaces/dropgate/pingsources/other"}) == set()
     verdict = {"specversion": "1.0", "id": "v", "type": "dev.dropgate.scan.clean", "source": "dropgate/scan"}
     assert subscribers(verdict) == set()
-    assert [p.name for p in dev_table.pings] == ["dropgate-expire"]
+    assert [p.name for p in dev_table.pings] == ["dropgate-expire", "dropgate-reconcile"]
     assert all(r.delivery and r.delivery.dead_letter for r in dev_table.routes)
 
 
@@ -409,7 +411,7 @@ def _dead_letters(path: Path) -> list[dict]:
 def test_health_and_routes(router) -> None:
     health = _get(f"{router['url']}/healthz")
     assert health["status"] == "ok" and health["brokers"] == ["dropgate"]
-    assert health["triggers"] == 13 and health["pingsources"] == ["dropgate-expire"]
+    assert health["triggers"] == 14 and health["pingsources"] == ["dropgate-expire", "dropgate-reconcile"]
     routes = {r["name"]: r for r in _get(f"{router['url']}/routes")["triggers"]}
     assert routes["dropgate-scan-put"]["url"] == router["services"]["dropgate-scan"]
     assert routes["dropgate-scan-put"]["backoff"] == pytest.approx([0.2, 0.4, 0.8])

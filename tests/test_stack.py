@@ -18,6 +18,7 @@ EXPECTED_CHECKS = {
     "scan": {"database", "storage", "clamd"},
     "metadata": {"database"},
     "expire": {"database", "storage"},
+    "reconcile": {"database", "storage"},
 }
 
 

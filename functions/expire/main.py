@@ -17,13 +17,14 @@ import functions_framework
 from events.emit import EventSink
 from events.types import Ping
 from shared.errors import BadRequest
+from shared import metrics
 from shared.instance import FunctionInstance
 from shared.retention import RetentionBounds, run_retention
 from shared.web import CloudEventApp, json_response
 
 TASK = "expire"  # the PingSource's data, {"task": "expire"}; a ping without data is a tick too
 
-instance = FunctionInstance("expire", ["storage", "database", "limits", "events", "retention"])
+instance = FunctionInstance("expire", ["storage", "database", "limits", "events", "retention", "observability"])
 settings = instance.settings
 bounds = RetentionBounds(
     batch_size=settings.retention.batch_size, max_files=settings.retention.max_files,
@@ -49,6 +50,11 @@ def run_pass(event):
                             retention_days=settings.limits.retention_days,
                             source=f"{settings.events.source}/expire", publish=publish, trigger=ping.id,
                             bounds=bounds)
+    metrics.EXPIRE_UPLOADS.labels("expired").inc(summary.expired)
+    metrics.EXPIRE_UPLOADS.labels("abandoned").inc(summary.abandoned)
+    metrics.EXPIRE_UPLOADS.labels("object_missing").inc(summary.objects_missing)
+    metrics.EXPIRE_OBJECTS_DELETED.inc(summary.objects_deleted)
+    metrics.EXPIRE_ORPHANS_DELETED.inc(summary.orphans_deleted)
     return json_response(200, summary.as_dict())
 
 

@@ -14,7 +14,7 @@ from shared.instance import FunctionInstance
 from shared.metadata import MetadataRecorder
 from shared.web import CloudEventApp
 
-instance = FunctionInstance("metadata", ["database", "events"])
+instance = FunctionInstance("metadata", ["database", "events", "observability"])
 
 
 def recorder() -> MetadataRecorder:

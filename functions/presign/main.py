@@ -11,7 +11,8 @@ from pathlib import Path
 import flask
 import functions_framework
 
-from shared import companion
+from events.emit import EventSink
+from shared import companion, tracing
 from shared.audit import Actor
 from shared.auth import TOKEN_COOKIE, Principal, TokenVerifier
 from shared.errors import BadRequest
@@ -20,7 +21,7 @@ from shared.sigv4 import PresignSigner
 from shared.uploads import CompletedPart, NewUpload, PartRequest, UploadService
 from shared.web import HttpApp, Route, json_response, read_json
 
-instance = FunctionInstance("presign", ["storage", "database", "auth", "limits"])
+instance = FunctionInstance("presign", ["storage", "database", "auth", "limits", "events", "observability"])
 settings = instance.settings
 verifier = TokenVerifier(settings.auth)
 signer = PresignSigner(endpoint_url=settings.storage.public_endpoint_url or "https://s3.amazonaws.com",
@@ -29,10 +30,20 @@ signer = PresignSigner(endpoint_url=settings.storage.public_endpoint_url or "htt
 OPENAPI = json.loads((Path(__file__).with_name("openapi.json")).read_text())
 
 
+# The fast path (DROPGATE_EMIT_ON_COMPLETE): a short timeout, because a completion never waits long for it.
+ANNOUNCE_TIMEOUT_SECONDS = 2.0
+
+
 def service() -> UploadService:
     # Built on first use, in the serving worker (see shared.instance).
     return instance.once("uploads", lambda: UploadService(
-        storage=settings.storage, limits=settings.limits, pool=instance.db, s3=instance.s3, signer=signer))
+        storage=settings.storage, limits=settings.limits, pool=instance.db, s3=instance.s3, signer=signer,
+        announce=announce_completion if settings.events.emit_on_complete else None))
+
+
+def announce_completion(event) -> None:
+    sink = instance.once("sink", lambda: EventSink(settings.events.sink_url, timeout=ANNOUNCE_TIMEOUT_SECONDS))
+    sink.send(event.to_cloudevent())
 
 
 def caller(request: flask.Request) -> tuple[Principal, Actor]:
@@ -46,7 +57,7 @@ def caller(request: flask.Request) -> tuple[Principal, Actor]:
         ipaddress.ip_address(source_ip or "")
     except ValueError:
         source_ip = None
-    return principal, Actor(principal.subject, source_ip, request.headers.get("traceparent"))
+    return principal, Actor(principal.subject, source_ip, tracing.current_trace_id())
 
 
 # -- dropgate's own API --

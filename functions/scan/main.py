@@ -14,7 +14,7 @@ from shared.instance import FunctionInstance
 from shared.scanning import ObjectScanner, ScanResult
 from shared.web import CloudEventApp
 
-instance = FunctionInstance("scan", ["storage", "database", "clamd", "events"])
+instance = FunctionInstance("scan", ["storage", "database", "clamd", "events", "observability"])
 settings = instance.settings
 
 
@@ -23,10 +23,16 @@ def object_scanner() -> ObjectScanner:
         storage=settings.storage, clamd=settings.clamd, pool=instance.db, s3=instance.s3, scanner=instance.scanner))
 
 
-def verdict_event(result: ScanResult) -> ScanVerdict:
-    # One verdict per upload, so one id: a duplicate delivery replies with the same event.
+# Set by `dropgate-dev rescan` (docs/operations.md) on the ObjectCreated event it re-emits.
+RESCAN_EXTENSION = "dropgaterescan"
+
+
+def verdict_event(result: ScanResult, rescan: str | None = None) -> ScanVerdict:
+    # One verdict per upload, so one id: a duplicate delivery replies with the same event. A rescan
+    # is a new verdict, so it gets an id of its own (subscribers that drop seen ids still see it).
     return ScanVerdict(
-        id=f"{result.upload_id}.scan", source=f"{settings.events.source}/scan", time=result.scanned_at,
+        id=f"{result.upload_id}.rescan.{rescan}" if rescan else f"{result.upload_id}.scan",
+        source=f"{settings.events.source}/scan", time=result.scanned_at,
         upload_id=uuid.UUID(result.upload_id), verdict=result.verdict, bucket=result.bucket, key=result.key, size=result.size,
         sha256=result.sha256, detected_type=result.detected_type,
         signature=result.detail if result.verdict == "infected" else None,
@@ -38,7 +44,7 @@ def scan_event(event):
     if created.bucket != settings.storage.uploads_bucket:
         return None  # quarantine copies and foreign buckets are not scanned
     result = object_scanner().scan(created.bucket, created.key, event_id=created.id)
-    return None if result is None else verdict_event(result).to_cloudevent()
+    return None if result is None else verdict_event(result, event.get(RESCAN_EXTENSION)).to_cloudevent()
 
 
 app = CloudEventApp(scan_event, health_checks=instance.health_checks())

@@ -14,7 +14,7 @@ from events.webhook import StorageWebhook
 from shared.instance import FunctionInstance
 from shared.web import HttpApp, Route
 
-instance = FunctionInstance("storage_events", ["events"])
+instance = FunctionInstance("storage_events", ["events", "observability"])
 webhook = StorageWebhook(instance.settings.events, EventSink(instance.settings.events.sink_url))
 app = HttpApp(routes=[Route("POST", "/minio", webhook.minio), Route("POST", "/seaweedfs", webhook.seaweedfs)],
               health_checks=instance.health_checks())

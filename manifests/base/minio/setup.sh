@@ -7,6 +7,8 @@
 #     and purges them itself after `api stale_uploads_expiry`, set to 24h here
 #   - CORS for the web origins (per bucket where MinIO supports it, else the server-wide setting)
 #   - bucket notifications of both buckets to dropgate-storage-events, with the bearer token
+#   - default encryption of both buckets: DROPGATE_SSE (SSE-S3, or SSE-KMS with DROPGATE_SSE_KMS_KEY_ID);
+#     MinIO must have a KMS (KES, or MINIO_KMS_SECRET_KEY for a single key) for either
 set -eu
 export HOME=/tmp        # mc keeps its aliases in ~/.mc; the root filesystem is read-only
 alias_name=dropgate
@@ -96,5 +98,16 @@ esac
 
 for bucket in "$DROPGATE_UPLOADS_BUCKET" "$DROPGATE_QUARANTINE_BUCKET"; do
   mc event add "$alias_name/$bucket" "$arn" --event put,delete --ignore-existing
+done
+
+# Default encryption (the functions also ask for it on every write they cause; docs/operations.md).
+for bucket in "$DROPGATE_UPLOADS_BUCKET" "$DROPGATE_QUARANTINE_BUCKET"; do
+  case "${DROPGATE_SSE:-AES256}" in
+    AES256) mc encrypt set sse-s3 "$alias_name/$bucket" ;;
+    aws:kms) mc encrypt set sse-kms "${DROPGATE_SSE_KMS_KEY_ID:?DROPGATE_SSE=aws:kms needs DROPGATE_SSE_KMS_KEY_ID for MinIO}" \
+               "$alias_name/$bucket" ;;
+    none) echo "DROPGATE_SSE=none: $bucket keeps no default encryption" ;;
+    *) echo "unknown DROPGATE_SSE=$DROPGATE_SSE" >&2; exit 1 ;;
+  esac
 done
 echo "MinIO is configured for dropgate"

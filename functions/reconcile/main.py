@@ -1,0 +1,58 @@
+"""reconcile: the reconciliation pass, woken by the dropgate-reconcile PingSource through the broker.
+
+Each `dev.knative.sources.ping` runs one bounded pass (shared/reconcile.py; docs/reconcile.md):
+uploads whose storage notification seems lost get their canonical "object created" CloudEvent
+re-emitted to K_SINK (the broker routes it to scan and metadata as storage's own would be), and
+uploads whose re-drives are spent are marked failed. The answer is 200 with the pass's summary
+as JSON (not a CloudEvent, so the broker drops it). A malformed or foreign event answers 400
+(dead-letter sink); the database, storage or the sink being down answers 503, and the broker's
+redelivery runs a pass that picks the same uploads again.
+
+Run: functions-framework --source functions/reconcile/main.py --target handle
+"""
+
+from datetime import timedelta
+
+import functions_framework
+
+from events.emit import EventSink
+from events.types import Ping
+from shared.errors import BadRequest
+from shared.instance import FunctionInstance
+from shared.reconcile import ReconcileBounds, run_reconcile
+from shared.web import CloudEventApp, json_response
+
+TASK = "reconcile"  # the PingSource's data, {"task": "reconcile"}; a ping without data is a tick too
+
+instance = FunctionInstance("reconcile", ["storage", "database", "events", "reconcile", "observability"])
+settings = instance.settings
+bounds = ReconcileBounds(
+    grace=timedelta(seconds=settings.reconcile.grace_seconds),
+    scan_timeout=timedelta(seconds=settings.reconcile.scan_timeout_seconds),
+    max_attempts=settings.reconcile.max_attempts, max_redrives=settings.reconcile.max_redrives,
+    max_checked=settings.reconcile.max_checked)
+
+
+def sink() -> EventSink:
+    return instance.once("sink", lambda: EventSink(settings.events.sink_url))
+
+
+def publish(events) -> None:
+    sink().send_all(event.to_cloudevent() for event in events)
+
+
+def run_pass(event):
+    ping = Ping.from_cloudevent(event)  # anything else is an InvalidEvent: 400
+    if ping.task not in (None, TASK):
+        raise BadRequest(f"ping task {ping.task!r} is not {TASK!r}")
+    summary = run_reconcile(instance.db, instance.s3, settings.storage, publish=publish, trigger=ping.id,
+                            bounds=bounds)
+    return json_response(200, summary.as_dict())
+
+
+app = CloudEventApp(run_pass, health_checks=instance.health_checks())
+
+
+@functions_framework.http
+def handle(request):
+    return app(request)

@@ -1,0 +1,182 @@
+"""The operator commands of `dropgate-dev` (local-dev/ops.py) against the real local stack."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from dropgate_local.cli import main
+from dropgate_local.processes import free_port, http_ok
+from dropgate_local.stack import SOURCE_DIR
+from events.emit import EventSink
+from events.types import ObjectCreated
+from tests.conftest import EICAR
+from tests.http import call
+from tests.test_pipeline import FINAL, dev_token, router_events, upload, wait_for_status  # noqa: F401 - fixture
+from tests.test_presign import payload
+
+STEPS = ("upload.created", "upload.completed", "storage.object_recorded", "scan.verdict")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def wait_until(condition, timeout: float = 120, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+    return found
+
+
+def audit_actions(database_url: str, upload_id: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        return [r[0] for r in conn.execute("SELECT action FROM audit_log WHERE upload_id = %s ORDER BY at, id",
+                                           (upload_id,)).fetchall()]
+
+
+@pytest.fixture(scope="module")
+def clean_upload(running_functions, dev_token, database_url) -> dict:  # noqa: F811
+    presign, token = running_functions["presign"], dev_token("ops-alice")
+    record = upload(presign, token, b"%PDF-1.7\n" + payload(6 * 1024 * 1024, seed=77), "application/pdf", "ops.pdf")
+    assert wait_for_status(presign, token, record["id"], FINAL)["status"] == "clean"
+    wait_until(lambda: set(STEPS) <= set(audit_actions(database_url, record["id"])), what="every step in the audit")
+    return {**record, "token": token}
+
+
+def test_history_shows_every_step_of_a_real_upload(clean_upload, stack, capsys) -> None:
+    code, out, _ = run_cli(capsys, "--data-dir", stack.data_dir, "history", clean_upload["id"])
+    assert code == 0
+    for step in STEPS:
+        assert step in out, f"history lacks {step}:\n{out}"
+    assert "status clean" in out and "verdict clean" in out
+    assert f"{clean_upload['key']}: present" in out and "encryption AES256" in out  # storage, now
+    assert "'dropgate-verdict': 'clean'" in out  # the scan's tag on the object
+    assert "ObjectCreated:CompleteMultipartUpload" in out and "replied dev.dropgate.scan.clean" in out
+
+    code, out, _ = run_cli(capsys, "--data-dir", stack.data_dir, "history", clean_upload["id"], "--json")
+    history = json.loads(out)
+    actions = [entry["action"] for entry in history["audit"]]
+    assert [a for a in actions if a in STEPS][:2] == ["upload.created", "upload.completed"]
+    assert all(entry["trace_id"] for entry in history["audit"] if entry["action"] in STEPS)
+    uploads_bucket, quarantine = history["storage"]
+    assert uploads_bucket["present"] and uploads_bucket["server_side_encryption"] == "AES256"
+    assert uploads_bucket["metadata"]["upload-id"] == clean_upload["id"] and "traceparent" in uploads_bucket["metadata"]
+    assert not quarantine["present"]
+    assert {p["consumer"] for p in history["processed_events"]} >= {"scan", "metadata"}
+
+    code, _, err = run_cli(capsys, "--data-dir", stack.data_dir, "history", str(uuid.uuid4()))
+    assert code == 2 and "no upload" in err
+
+
+def test_rescan_resets_the_verdict_audits_it_and_the_scan_decides_again(clean_upload, running_functions, stack,
+                                                                        database_url, capsys) -> None:
+    presign, token, upload_id = running_functions["presign"], clean_upload["token"], clean_upload["id"]
+    with psycopg.connect(database_url) as conn:
+        first_scan = conn.execute("SELECT scanned_at FROM uploads WHERE id = %s", (upload_id,)).fetchone()[0]
+    code, out, err = run_cli(capsys, "--data-dir", stack.data_dir, "rescan", upload_id, "--operator", "carol",
+                             "--reason", "signatures of today", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["previous_status"] == "clean"
+    with psycopg.connect(database_url) as conn:
+        assert wait_until(lambda: conn.execute(
+            "SELECT status FROM uploads WHERE id = %s AND scanned_at > %s", (upload_id, first_scan)).fetchone(),
+            what="the new verdict")[0] == "clean"
+        entries = conn.execute("SELECT action, actor, detail FROM audit_log WHERE upload_id = %s ORDER BY at, id",
+                               (upload_id,)).fetchall()
+    requested = [e for e in entries if e[0] == "upload.rescan_requested"]
+    assert requested and requested[0][1] == "operator:carol"
+    assert requested[0][2]["previous_verdict"] == "clean" and requested[0][2]["reason"] == "signatures of today"
+    assert [e[0] for e in entries].count("scan.verdict") == 2
+    # The new verdict is an event of its own, not a copy of the first one.
+    replies = {e["id"] for e in router_events(stack) if e["type"] == "dev.dropgate.scan.clean"
+               and e.get("subject") == upload_id}
+    assert {f"{upload_id}.scan", f"{upload_id}.rescan.{result['rescan_id']}"} <= replies
+    assert call_status(presign, token, upload_id) == "clean"
+
+
+def call_status(presign: str, token: str, upload_id: str) -> str:
+    return call("GET", f"{presign}/uploads/{upload_id}", token=token).json()["status"]
+
+
+def test_rescan_refuses_what_must_stay_in_quarantine(running_functions, dev_token, stack, capsys) -> None:  # noqa: F811
+    presign, token = running_functions["presign"], dev_token("ops-bob")
+    record = upload(presign, token, EICAR, "text/plain", "eicar.txt")
+    assert wait_for_status(presign, token, record["id"], FINAL)["status"] == "infected"
+    code, _, err = run_cli(capsys, "--data-dir", stack.data_dir, "rescan", record["id"])
+    assert code == 2 and "infected" in err and "quarantine" in err
+    assert call_status(presign, token, record["id"]) == "infected"
+
+
+def test_a_dead_lettered_event_replayed_by_the_cli_reaches_its_function(stack, running_functions, database_url,
+                                                                        tmp_path, capsys) -> None:
+    """A broker whose metadata subscriber is down dead-letters an event; once it is up, the CLI replays it."""
+    bucket, metadata_port, router_port = "ops-replay-uploads", free_port(), free_port()
+    dead_letters = tmp_path / "dead-letter.jsonl"
+    router = stack._start("router-replay", [
+        sys.executable, "-m", "dropgate_local.router", "--port", str(router_port),
+        "--manifests", str(SOURCE_DIR / "manifests" / "overlays" / "dev"),
+        "--services", json.dumps({"dropgate-metadata": f"http://127.0.0.1:{metadata_port}"}),
+        "--dead-letter", str(dead_letters), "--uploads-bucket", bucket, "--quarantine-bucket", f"{bucket}-q"])
+    metadata = None
+    try:
+        router.wait_until(lambda: http_ok(f"http://127.0.0.1:{router_port}/healthz"), timeout=30)
+        broker = f"http://127.0.0.1:{router_port}/"
+        trace = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+        event = ObjectCreated(id=f"ops-replay-{uuid.uuid4().hex}", event_name="ObjectCreated:Put",
+                              event_source="minio:s3", region="", bucket=bucket, key=f"replay/{uuid.uuid4()}",
+                              time=datetime.now(UTC), size=3, etag="abc", sequencer="1A",
+                              traceparent=trace).to_cloudevent()
+        EventSink(broker).send(event)
+        wait_until(lambda: dead_letters.exists() and event["id"].encode() in dead_letters.read_bytes(),
+                   what="the dead letter")  # nothing listens on metadata's port: retries, then the dead letter
+
+        metadata = stack.start_function("metadata", port=metadata_port, label="metadata-replay")
+        code, out, err = run_cli(capsys, "--data-dir", tmp_path, "replay-dead-letters", "--file", dead_letters,
+                                 "--broker", broker)
+        assert code == 0, err
+        assert f"replayed   {event['id']}" in out
+        assert dead_letters.read_bytes().strip() == b""
+        assert event["id"] in (tmp_path / "dead-letter.jsonl.replayed").read_text()
+
+        with psycopg.connect(database_url) as conn:
+            outcome = wait_until(lambda: conn.execute(
+                "SELECT outcome FROM processed_events WHERE consumer = 'metadata' AND event_id = %s",
+                (event["id"],)).fetchone(), what="metadata to apply the replayed event")[0]
+        assert outcome == "orphan"  # it reached the function, which recorded an object no upload owns
+        replayed = [e for e in router_events_at(router_port) if e["id"] == event["id"]]
+        assert len(replayed) == 2 and replayed[-1]["deliveries"][0]["outcome"] == "delivered"
+        assert "knativeerrorcode" not in replayed[-1]["attributes"]  # Knative's bookkeeping stays behind
+        assert replayed[-1]["attributes"]["traceparent"] == trace  # a replay continues the event's trace
+    finally:
+        for child in (metadata, router):
+            if child is not None:
+                child.stop()
+        stack.children.pop("metadata-replay", None)
+        stack.children.pop("router-replay", None)
+
+
+def router_events_at(port: int) -> list[dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/events?limit=500", timeout=10) as response:  # noqa: S310
+        return json.loads(response.read())["events"]
+
+
+def test_expire_now_fires_the_pingsource_and_expire_runs(stack, running_functions, capsys) -> None:
+    code, out, err = run_cli(capsys, "--data-dir", stack.data_dir, "expire-now", "--wait", "120", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["via"] == "local router"
+    assert [(d["trigger"], d["outcome"]) for d in result["deliveries"]] == [("dropgate-expire-ping", "delivered")]
+    assert result["deliveries"][0]["attempts"][-1]["status"] == 200
