@@ -75,7 +75,8 @@ def write_config(config_dir: Path, *, access_key: str, secret_key: str, webhook_
         f"endpoint = {json.dumps(webhook_url)}\n"
         f"bearer_token = {json.dumps(webhook_token or '')}\n"
         "timeout_seconds = 10\n"
-        # Retries cover a restarting adapter; the adapter itself answers 5xx only when the broker is down.
+        # SeaweedFS 4.48 does not actually retry (a refused connection or a 5xx goes to its own
+        # dead-letter log; max_retries has no effect): the reconcile pass covers lost notifications.
         "max_retries = 5\n"
         "backoff_seconds = 1\n"
         "max_backoff_seconds = 10\n"

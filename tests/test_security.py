@@ -353,6 +353,16 @@ def test_malformed_and_oversized_json(presign, idp, s3, buckets, database_url, r
     assert storage_state(s3, buckets) == before
 
 
+def test_paths_the_framework_cannot_route_are_json_refusals_too(presign, running_functions) -> None:
+    """functions-framework's `/<path:path>` rule matches no path with a control character; werkzeug answered
+    those with an HTML page before shared.web made them `{error, detail}` like every other refusal."""
+    for url in (f"{presign}/uploads/%0A", f"{presign}/s3/multipart/%0A/1", f"{running_functions['scan']}/%0A",
+                f"{running_functions['storage_events']}/seaweedfs%0D%0A"):
+        reply = call("GET", url)
+        assert 400 <= reply.status < 500 and reply.header("Content-Type") == "application/json", (url, reply.body[:200])
+        assert reply.json()["error"] and reply.json()["detail"]
+
+
 def test_a_body_larger_than_its_content_length_is_not_read_past_it(presign, idp, database_url) -> None:  # noqa: F811
     """A Content-Length that under-states the body: the server reads what was announced, no more."""
     subject = user()
