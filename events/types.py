@@ -542,5 +542,13 @@ class Ping:
         return read.done(cls, id=read.id, source=read.source, time=read.time,
                          task=read.text("task", optional=True))
 
+    @classmethod
+    def for_task(cls, event: CloudEvent, task: str) -> Ping:
+        """The ping that wakes the job `task`; a ping without data is a tick for any job."""
+        ping = cls.from_cloudevent(event)
+        if ping.task not in (None, task):
+            raise InvalidEvent([f"ping task {ping.task!r} is not {task!r}"], event_id=ping.id)
+        return ping
+
 
 EVENT_CLASSES: Final = (ObjectCreated, ObjectRemoved, ScanVerdict, MetadataRecorded, UploadEnded, Ping)

@@ -18,6 +18,8 @@ from typing import TypeVar
 from botocore.client import BaseClient
 from psycopg_pool import ConnectionPool
 
+from events.emit import EventSink
+
 from shared import logs, metrics, tracing
 from shared.db import check_database, create_pool
 from shared.scanner import StreamingClamd, check_clamd, create_scanner
@@ -56,6 +58,15 @@ class FunctionInstance:
             if key not in self._built:
                 self._built[key] = build()
             return self._built[key]  # type: ignore[return-value]
+
+    @property
+    def sink(self) -> EventSink:
+        """Where this function sends the CloudEvents it emits (K_SINK); needs the `events` section."""
+        return self.once("sink", lambda: EventSink(self.settings.events.sink_url))
+
+    def publish(self, events: Iterable) -> None:
+        """Send typed events (anything with `to_cloudevent()`) to the sink, in order."""
+        self.sink.send_all(event.to_cloudevent() for event in events)
 
     @property
     def db(self) -> ConnectionPool:

@@ -14,9 +14,7 @@ from datetime import timedelta
 
 import functions_framework
 
-from events.emit import EventSink
 from events.types import Ping
-from shared.errors import BadRequest
 from shared import metrics
 from shared.instance import FunctionInstance
 from shared.retention import RetentionBounds, run_retention
@@ -34,21 +32,12 @@ bounds = RetentionBounds(
     time_budget=timedelta(seconds=settings.retention.time_budget_seconds))
 
 
-def sink() -> EventSink:
-    return instance.once("sink", lambda: EventSink(settings.events.sink_url))
-
-
-def publish(ended) -> None:
-    sink().send_all(event.to_cloudevent() for event in ended)
-
-
 def run_pass(event):
-    ping = Ping.from_cloudevent(event)  # anything else is an InvalidEvent: 400
-    if ping.task not in (None, TASK):
-        raise BadRequest(f"ping task {ping.task!r} is not {TASK!r}")
+    ping = Ping.for_task(event, TASK)  # anything else is an InvalidEvent: 400
     summary = run_retention(instance.db, instance.s3, settings.storage,
                             retention_days=settings.limits.retention_days,
-                            source=f"{settings.events.source}/expire", publish=publish, trigger=ping.id,
+                            source=f"{settings.events.source}/expire", publish=instance.publish,
+                            trigger=ping.id,
                             bounds=bounds)
     metrics.EXPIRE_UPLOADS.labels("expired").inc(summary.expired)
     metrics.EXPIRE_UPLOADS.labels("abandoned").inc(summary.abandoned)

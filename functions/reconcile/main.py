@@ -15,9 +15,7 @@ from datetime import timedelta
 
 import functions_framework
 
-from events.emit import EventSink
 from events.types import Ping
-from shared.errors import BadRequest
 from shared.instance import FunctionInstance
 from shared.reconcile import ReconcileBounds, run_reconcile
 from shared.web import CloudEventApp, json_response
@@ -33,19 +31,9 @@ bounds = ReconcileBounds(
     max_checked=settings.reconcile.max_checked)
 
 
-def sink() -> EventSink:
-    return instance.once("sink", lambda: EventSink(settings.events.sink_url))
-
-
-def publish(events) -> None:
-    sink().send_all(event.to_cloudevent() for event in events)
-
-
 def run_pass(event):
-    ping = Ping.from_cloudevent(event)  # anything else is an InvalidEvent: 400
-    if ping.task not in (None, TASK):
-        raise BadRequest(f"ping task {ping.task!r} is not {TASK!r}")
-    summary = run_reconcile(instance.db, instance.s3, settings.storage, publish=publish, trigger=ping.id,
+    ping = Ping.for_task(event, TASK)  # anything else is an InvalidEvent: 400
+    summary = run_reconcile(instance.db, instance.s3, settings.storage, publish=instance.publish, trigger=ping.id,
                             bounds=bounds)
     return json_response(200, summary.as_dict())
 
