@@ -46,7 +46,6 @@ from typing import Any, Final
 import psycopg
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from events.notifications import digest
@@ -54,6 +53,7 @@ from events.types import ObjectCreated
 from shared import audit, metrics
 from shared.audit import Actor
 from shared.logs import log_event
+from shared.retention import lock_cursor, save_cursor
 from shared.scanning import scan_lock_name
 from shared.settings import StorageSettings
 
@@ -278,7 +278,7 @@ class ReconcileJob:
             if not limit:
                 return
             with self._pool.connection() as conn, conn.transaction():
-                position = _lock_cursor(conn, name)
+                position = lock_cursor(conn, name)
                 if position is None:
                     return  # another pass is on this slice
                 after = {**_START, **position}
@@ -297,7 +297,7 @@ class ReconcileJob:
                         self._settle(conn, row, NOT_RECORDED, outcome, located=(row["bucket"], head))
                 self._send(outcome)
                 more = len(rows) == limit
-                _save_cursor(conn, name, {"created_at": rows[-1]["created_at"].isoformat(),
+                save_cursor(conn, name, {"created_at": rows[-1]["created_at"].isoformat(),
                                           "id": str(rows[-1]["id"])} if more else {})
             self._count(outcome)
             self.summary.pending_checked += len(rows)
@@ -381,17 +381,3 @@ class ReconcileJob:
                              ("failed", outcome.failed)):
             for reason, count in counts.items():
                 metrics.RECONCILE_UPLOADS.labels(name, reason).inc(count)
-
-
-# -- the pending slice's cursor (retention_cursors, migration 0004) --
-
-def _lock_cursor(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
-    conn.execute("INSERT INTO retention_cursors (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (name,))
-    row = conn.execute("SELECT position FROM retention_cursors WHERE name = %s FOR UPDATE SKIP LOCKED",
-                       (name,)).fetchone()
-    return None if row is None else dict(row["position"])
-
-
-def _save_cursor(conn: psycopg.Connection, name: str, position: dict[str, Any]) -> None:
-    conn.execute("UPDATE retention_cursors SET position = %s, updated_at = now() WHERE name = %s",
-                 (Jsonb(position), name))

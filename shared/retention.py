@@ -331,7 +331,7 @@ class RetentionJob:
         listed = 0
         while listed < self.bounds.max_listed_multipart and not self._out_of_time():
             with self._pool.connection() as conn, conn.transaction():
-                cursor = _lock_cursor(conn, f"multipart:{bucket}")
+                cursor = lock_cursor(conn, f"multipart:{bucket}")
                 if cursor is None:
                     return  # another pass holds this sweep
                 request: dict[str, Any] = {"Bucket": bucket,
@@ -344,7 +344,7 @@ class RetentionJob:
                 uploads = page.get("Uploads", [])
                 self._abort_unowned(conn, bucket, uploads)
                 truncated = bool(page.get("IsTruncated")) and bool(uploads)
-                _save_cursor(conn, f"multipart:{bucket}",
+                save_cursor(conn, f"multipart:{bucket}",
                              {"key_marker": page.get("NextKeyMarker") or uploads[-1]["Key"],
                               "upload_id_marker": page.get("NextUploadIdMarker") or uploads[-1]["UploadId"]}
                              if truncated else {})
@@ -382,7 +382,7 @@ class RetentionJob:
         listed = 0
         while listed < self.bounds.max_listed_objects and not self._out_of_time():
             with self._pool.connection() as conn, conn.transaction():
-                cursor = _lock_cursor(conn, name)
+                cursor = lock_cursor(conn, name)
                 if cursor is None:
                     return  # another pass is sweeping this bucket
                 start_after = cursor.get("start_after", "")
@@ -399,7 +399,7 @@ class RetentionJob:
                 end = contents[-1]["Key"] if truncated else None
                 resume = self._mark_missing(conn, bucket, start_after, end, {o["Key"] for o in contents})
                 next_start = resume or end
-                _save_cursor(conn, name, {"start_after": next_start} if next_start else {})
+                save_cursor(conn, name, {"start_after": next_start} if next_start else {})
             listed += len(contents)
             if next_start is None:
                 return  # the whole bucket is swept; the next pass starts again from the beginning
@@ -551,7 +551,7 @@ class _ObjectDeleter:
 
 # -- cursors (shared/migrations/0004_retention.sql) --
 
-def _lock_cursor(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
+def lock_cursor(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
     """The sweep's saved position, locked for this transaction; None while another pass holds it."""
     conn.execute("INSERT INTO retention_cursors (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (name,))
     row = conn.execute("SELECT position FROM retention_cursors WHERE name = %s FOR UPDATE SKIP LOCKED",
@@ -559,7 +559,7 @@ def _lock_cursor(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
     return None if row is None else dict(row["position"])
 
 
-def _save_cursor(conn: psycopg.Connection, name: str, position: dict[str, Any]) -> None:
+def save_cursor(conn: psycopg.Connection, name: str, position: dict[str, Any]) -> None:
     conn.execute("UPDATE retention_cursors SET position = %s, updated_at = now() WHERE name = %s",
                  (Jsonb(position), name))
 
