@@ -52,7 +52,7 @@ def _wait_clean(presign: str, token: str, upload_id: str, timeout: float = 900) 
             status = json.loads(response.read())["status"]
         if status == "clean":
             return time.perf_counter()
-        if status in ("infected", "rejected", "failed"):
+        if status in ("infected", "rejected", "unscannable"):
             raise AssertionError(f"benchmark file ended {status}")
         time.sleep(0.05)
     raise TimeoutError(upload_id)

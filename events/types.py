@@ -48,7 +48,7 @@ OBJECT_REMOVED_DELETE_MARKER_CREATED: Final = "com.amazonaws.s3.ObjectRemoved:De
 SCAN_CLEAN: Final = "dev.dropgate.scan.clean"
 SCAN_INFECTED: Final = "dev.dropgate.scan.infected"
 SCAN_REJECTED: Final = "dev.dropgate.scan.rejected"
-SCAN_FAILED: Final = "dev.dropgate.scan.failed"
+SCAN_UNSCANNABLE: Final = "dev.dropgate.scan.unscannable"  # not fully scanned: never downloadable
 METADATA_RECORDED: Final = "dev.dropgate.metadata.recorded"
 UPLOAD_EXPIRED: Final = "dev.dropgate.upload.expired"
 UPLOAD_ABANDONED: Final = "dev.dropgate.upload.abandoned"
@@ -57,7 +57,7 @@ UPLOAD_ABANDONED: Final = "dev.dropgate.upload.abandoned"
 PING: Final = "dev.knative.sources.ping"
 
 _HEX: Final = re.compile(r"[0-9A-Fa-f]+")
-Verdict = Literal["clean", "infected", "rejected", "failed"]
+Verdict = Literal["clean", "infected", "rejected", "unscannable"]
 T = TypeVar("T")
 
 
@@ -336,7 +336,7 @@ class ScanVerdict:
     """What the scan decided about one upload's bytes (scan's reply)."""
 
     TYPES: ClassVar[Mapping[str, Verdict]] = {SCAN_CLEAN: "clean", SCAN_INFECTED: "infected",
-                                              SCAN_REJECTED: "rejected", SCAN_FAILED: "failed"}
+                                              SCAN_REJECTED: "rejected", SCAN_UNSCANNABLE: "unscannable"}
     SCHEMA: ClassVar[str] = "scan-verdict.json"
 
     id: str
@@ -344,20 +344,22 @@ class ScanVerdict:
     time: datetime
     upload_id: UUID
     verdict: Verdict
-    bucket: str  # where the object is now: the quarantine bucket for infected/rejected
+    bucket: str  # where the object is now: the quarantine bucket for infected/rejected/unscannable
     key: str
     size: int | None = None  # bytes read
     sha256: str | None = None  # lowercase hex of the bytes read
     detected_type: str | None = None  # sniffed from the first bytes
     signature: str | None = None  # infected: the signature clamd named
-    reason: str | None = None  # rejected/failed: why
+    reason: str | None = None  # rejected/unscannable: why, in words for the owner; infected by blocklist: that
+    signature_version: int | None = None  # clamd's signature database version that produced the verdict
+    rescan: bool = False  # a rescan after a signature update found a file infected that was clean
 
     def __post_init__(self) -> None:
         if self.verdict not in self.TYPES.values():
-            raise ValueError(f"verdict {self.verdict!r} is not one of clean, infected, rejected, failed")
+            raise ValueError(f"verdict {self.verdict!r} is not one of clean, infected, rejected, unscannable")
         if self.verdict == "infected" and not self.signature:
             raise ValueError("an infected verdict names its signature")
-        if self.verdict in ("rejected", "failed") and not self.reason:
+        if self.verdict in ("rejected", "unscannable") and not self.reason:
             raise ValueError(f"a {self.verdict} verdict gives its reason")
 
     @property
@@ -367,7 +369,8 @@ class ScanVerdict:
     def data(self) -> dict[str, Any]:
         return {"upload_id": str(self.upload_id), "verdict": self.verdict, "bucket": self.bucket, "key": self.key,
                 "size": self.size, "sha256": self.sha256, "detected_type": self.detected_type,
-                "signature": self.signature, "reason": self.reason}
+                "signature": self.signature, "reason": self.reason, "signature_version": self.signature_version,
+                "rescan": self.rescan}
 
     def to_cloudevent(self) -> CloudEvent:
         return _cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time,
@@ -386,11 +389,12 @@ class ScanVerdict:
         reason = read.text("reason", optional=True)
         if verdict == "infected" and not signature:
             read.problems.append("data.signature is required for an infected verdict")
-        if verdict in ("rejected", "failed") and not reason:
+        if verdict in ("rejected", "unscannable") and not reason:
             read.problems.append(f"data.reason is required for a {verdict} verdict")
         fields = dict(id=read.id, source=read.source, time=read.time, upload_id=read.upload_id(), verdict=verdict,
                       bucket=read.text("bucket"), key=read.text("key"), size=read.size("size"), sha256=sha256,
-                      detected_type=read.text("detected_type", optional=True), signature=signature, reason=reason)
+                      detected_type=read.text("detected_type", optional=True), signature=signature, reason=reason,
+                      signature_version=read.size("signature_version"), rescan=read.flag("rescan"))
         return read.done(cls, **fields)
 
 

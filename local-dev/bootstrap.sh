@@ -8,6 +8,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 apt_packages=(clamav-daemon clamav clamav-testfiles ca-certificates)
+# zip: the verdict-safety tests build a password-protected archive with the real tool.
+apt_packages+=(zip)
 # The uploader page (local-dev/web) is bundled with Node.js; its end-to-end tests drive Debian's Chromium.
 apt_packages+=(chromium fonts-liberation)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)

@@ -11,8 +11,13 @@ own that really detects:
                                      archived, mailed, embedded) is found after clamd
                                      unpacks it
 
-The body signatures are in ClamAV's `.ndb` format (name:target:offset:hex);
-clamd reports them with the `.UNOFFICIAL` suffix it gives every local database.
+The body signatures are in ClamAV's `.ndb` format (name:target:offset:hex).
+They are packed, as ClamAV's own databases are, into a versioned `daily.cud`
+(an unsigned CVD, built by `sigtool --build --unsigned`): clamd then reports a
+database version in its `VERSION` reply ("ClamAV 1.4.6/1/..."), which the scan
+records on every verdict and the rescan compares (docs/scan.md, "Rescans").
+clamd reports the signatures with the `.UNOFFICIAL` suffix it gives unsigned
+databases. A test adds a signature and bumps the version to prove a rescan.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ from __future__ import annotations
 import getpass
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+
+from shared.settings import ClamdSettings, Settings
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -32,37 +41,74 @@ CLAMAV_TEST_PROGRAM_CODE = bytes.fromhex(
 # MD5 and size of clam.exe itself, as a hash signature (.hdb: md5:size:name).
 CLAMAV_TEST_PROGRAM_MD5 = ("aa15bcf478d165efd2065190eb473bcb", 544)
 
-OFFLINE_DATABASE = "dropgate-local"
+OFFLINE_DATABASE = "daily"  # clamd takes the database version from the daily database
+OFFLINE_VERSION = 1
+# Files of the plain (pre-CVD) offline database earlier versions of the stack wrote.
+_LEGACY_FILES = ("dropgate-local.ndb", "dropgate-local.hdb")
 
 
-def offline_signatures() -> dict[str, str]:
-    """File name → contents of the generated database."""
+def offline_signatures(extra_body_signatures: Mapping[str, bytes] | None = None) -> dict[str, str]:
+    """File name → contents of the generated database; `extra_body_signatures` maps name → bytes to detect."""
     ndb = (f"Dropgate.Test.EICAR:0:*:{EICAR.hex()}\n"
            f"Dropgate.Test.ClamAV-Test-File:0:*:{CLAMAV_TEST_PROGRAM_CODE.hex()}\n")
+    for name, body in (extra_body_signatures or {}).items():
+        ndb += f"{name}:0:*:{body.hex()}\n"
     md5, size = CLAMAV_TEST_PROGRAM_MD5
     hdb = f"{md5}:{size}:Dropgate.Test.ClamAV-Test-File.MD5\n"
     return {f"{OFFLINE_DATABASE}.ndb": ndb, f"{OFFLINE_DATABASE}.hdb": hdb}
 
 
-def write_offline_database(db_dir: Path) -> list[Path]:
+def write_offline_database(db_dir: Path, *, version: int = OFFLINE_VERSION,
+                           extra_body_signatures: Mapping[str, bytes] | None = None) -> Path:
+    """Build `daily.cud` of the given version into db_dir (kept when it is already that version)."""
     db_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, contents in offline_signatures().items():
-        path = db_dir / name
-        if not path.exists() or path.read_text() != contents:
-            path.write_text(contents)
-        written.append(path)
-    return written
+    for name in _LEGACY_FILES:
+        (db_dir / name).unlink(missing_ok=True)
+    target = db_dir / f"{OFFLINE_DATABASE}.cud"
+    if not extra_body_signatures and database_version(target) == version:
+        return target
+    sigtool = shutil.which("sigtool")
+    if sigtool is None:
+        raise FileNotFoundError("sigtool not found: install Debian's clamav (local-dev/bootstrap.sh does)")
+    with tempfile.TemporaryDirectory() as work:
+        build = Path(work)
+        for name, contents in offline_signatures(extra_body_signatures).items():
+            (build / name).write_text(contents)
+        (build / "COPYING").write_text("dropgate local test signatures; no copyright claimed\n")
+        (build / "empty").mkdir()
+        # sigtool asks for the builder's name on standard input; --datadir points at an empty folder so
+        # it takes --cvd-version as given instead of "current version + 1".
+        subprocess.run([sigtool, f"--build={OFFLINE_DATABASE}.cvd", "--unsigned", f"--cvd-version={version}",
+                        "--no-cdiff", f"--datadir={build / 'empty'}"], cwd=build, input=b"dropgate\n",
+                       capture_output=True, timeout=60, check=True)
+        built = build / f"{OFFLINE_DATABASE}.cvd"
+        partial = target.with_suffix(".tmp")
+        shutil.copyfile(built, partial)
+        partial.replace(target)  # clamd's reload never sees a half-written file
+    return target
+
+
+def database_version(path: Path) -> int | None:
+    """The version field of a CVD/CUD header ("ClamAV-VDB:time:version:sigs:..."), None if absent."""
+    try:
+        header = path.read_bytes()[:512].decode("ascii", "replace").split(":")
+    except FileNotFoundError:
+        return None
+    return int(header[2]) if len(header) > 2 and header[0] == "ClamAV-VDB" and header[2].isdigit() else None
+
+
+def default_limits() -> ClamdSettings:
+    return Settings.from_env(["clamd"], {}).clamd
 
 
 def write_clamd_conf(conf_path: Path, *, db_dir: Path, host: str, port: int, pid_file: Path, temp_dir: Path,
-                     log_file: Path | None = None, stream_max_length_mb: int = 1100) -> Path:
-    """A clamd.conf for a foreground clamd on TCP only.
+                     log_file: Path | None = None, limits: ClamdSettings | None = None) -> Path:
+    """A clamd.conf for a foreground clamd on TCP only, with the limits and alerts production uses.
 
-    StreamMaxLength must exceed the largest upload (1 GiB by default), otherwise
-    clamd ends INSTREAM with "INSTREAM size limit exceeded" and scan reports
-    `failed`; the scan tests lower it on purpose to provoke exactly that.
+    The limits come from ClamdSettings (their one home); the scan tests pass smaller ones on
+    purpose to provoke exactly the "not fully scanned" answers.
     """
+    scan_options = (limits or default_limits()).clamd_conf()
     lines = [
         "Foreground yes",
         f"DatabaseDirectory {db_dir}",
@@ -70,10 +116,7 @@ def write_clamd_conf(conf_path: Path, *, db_dir: Path, host: str, port: int, pid
         f"TCPAddr {host}",
         f"PidFile {pid_file}",
         f"TemporaryDirectory {temp_dir}",
-        f"StreamMaxLength {stream_max_length_mb}M",
-        # Archives inside a 1 GB upload may legitimately hold more than the defaults.
-        "MaxScanSize 2000M",
-        "MaxFileSize 1100M",
+        *(f"{option} {value}" for option, value in scan_options.items()),
         "MaxThreads 4",
         "ReadTimeout 120",
         "CommandReadTimeout 30",

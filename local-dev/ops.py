@@ -38,12 +38,14 @@ from events.emit import EventSink
 from events.types import ObjectCreated, Ping
 from shared import audit, tracing
 from shared.audit import Actor
+from shared.errors import ApiError
+from shared.scanning import RESCAN_EXTENSION
 from shared.settings import Settings
+from shared.status import UploadStatus
 
 EXPIRE_PINGSOURCE: Final = "dropgate-expire"
-RESCAN_EXTENSION: Final = "dropgaterescan"  # read by functions/scan/main.py
 RESCAN_EVENT_SOURCE: Final = "dropgate:ops"  # the "eventSource" of re-emitted storage events: not storage's
-RESCANNABLE: Final = ("clean", "failed")
+RESCANNABLE: Final = (UploadStatus.CLEAN, UploadStatus.UNSCANNABLE)
 # Knative's delivery bookkeeping, not part of the event: dropped before a replay.
 _DELIVERY_EXTENSIONS: Final = ("knativeerrordest", "knativeerrorcode", "knativeerrordata", "knativearrivaltime",
                                "knativebrokerttl")
@@ -318,17 +320,19 @@ def rescan(target: Target, upload_id: str, actor: Actor, reason: str) -> dict[st
                 raise OpsError(f"no upload {upload_id}")
             status = row["status"]
             if status not in (*RESCANNABLE, "uploaded"):
-                raise OpsError(f"upload {upload_id} is {status}: only clean or failed files are rescanned "
+                raise OpsError(f"upload {upload_id} is {status}: only clean or unscannable files are rescanned "
                                "(infected and rejected ones stay in quarantine; pending and ended ones have "
                                "nothing to scan; a scanning one is being scanned)")
             state = _object_state(s3, row["bucket"], row["object_key"])
+            if not state["present"] and status == UploadStatus.UNSCANNABLE:  # kept in quarantine; scan reads it there
+                state = _object_state(s3, settings.storage.quarantine_bucket, row["object_key"])
             if not state["present"]:
                 raise OpsError(f"{row['bucket']}/{row['object_key']} is not in storage; nothing to scan")
             if status in RESCANNABLE:
                 conn.execute("UPDATE uploads SET status = 'uploaded', scan_verdict = NULL, scan_detail = NULL,"
                              " scanned_at = NULL, updated_at = now() WHERE id = %s", (parsed,))
                 if (state.get("tags") or {}).get("dropgate-verdict"):
-                    s3.delete_object_tagging(Bucket=row["bucket"], Key=row["object_key"])
+                    s3.delete_object_tagging(Bucket=state["bucket"], Key=row["object_key"])
             audit.record(conn, actor, "upload.rescan_requested" if status in RESCANNABLE else "upload.rescan_reemitted",
                          parsed, rescan_id=rescan_id, reason=reason, previous_status=status,
                          previous_verdict=row["scan_verdict"], previous_detail=row["scan_detail"])
@@ -408,6 +412,56 @@ def _run_rescan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verdict_admin(target: Target):  # noqa: ANN202 - shared.verdicts.VerdictAdmin, on a small pool of its own
+    from shared.db import create_pool
+    from shared.storage import create_s3_client
+    from shared.verdicts import VerdictAdmin
+
+    settings = target.settings("storage", "database")
+    return VerdictAdmin(storage=settings.storage, pool=create_pool(settings.database),
+                        s3=create_s3_client(settings.storage, max_attempts=1),
+                        event_source=f"{target.env.get('DROPGATE_EVENT_SOURCE', 'dropgate')}/ops")
+
+
+def _run_release(args: argparse.Namespace) -> int:
+    admin = _verdict_admin(Target.resolve(args))
+    try:
+        row = admin.release(args.upload_id, _operator(args), args.reason)
+    finally:
+        admin.pool.close()
+    _print({"upload_id": str(row["id"]), "status": row["status"], "status_reason": row["status_reason"]}, args.json,
+           f"{row['id']} released: {row['status_reason']}")
+    return 0
+
+
+def _run_blocklist(args: argparse.Namespace) -> int:
+    target = Target.resolve(args)
+    admin = _verdict_admin(target)
+    try:
+        if args.action == "list":
+            entries = [entry.public() for entry in admin.listed()]
+            _print(entries, args.json, "\n".join(f"{e['sha256']}  {e['added_at']}  {e['added_by']}: {e['reason']}"
+                                                 for e in entries) or "the blocklist is empty")
+        elif args.action == "remove":
+            if not admin.unblock(args.sha256, _operator(args)):
+                raise OpsError(f"{args.sha256} is not on the blocklist")
+            _print({"sha256": args.sha256, "removed": True}, args.json, f"{args.sha256} removed")
+        else:
+            added, events = admin.block(args.sha256, args.reason, _operator(args))
+            if events:
+                if not target.broker_url:
+                    raise OpsError(f"{len(events)} files were quarantined but no broker was given to tell "
+                                   "subscribers: set K_SINK or pass --broker")
+                EventSink(target.broker_url).send_all(event.to_cloudevent() for event in events)
+            quarantined = [str(event.upload_id) for event in events]
+            _print({"sha256": args.sha256, "added": added, "quarantined": quarantined}, args.json,
+                   f"{args.sha256} {'added' if added else 'was listed already'}; "
+                   f"{len(quarantined)} stored files quarantined" + "".join(f"\n  {i}" for i in quarantined))
+    finally:
+        admin.pool.close()
+    return 0
+
+
 def _run_expire_now(args: argparse.Namespace) -> int:
     result = expire_now(Target.resolve(args), namespace=args.namespace, wait=args.wait)
     _print(result, args.json, json.dumps(result, indent=2, default=str))
@@ -418,7 +472,7 @@ def _guarded(run):  # noqa: ANN001, ANN202 - wraps a command
     def command(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except OpsError as exc:
+        except (OpsError, ApiError) as exc:  # ApiError: the shared checks' 4xx (bad hash, wrong state)
             print(f"dropgate-dev {args.command}: {exc}", file=sys.stderr)
             return 2
     return command
@@ -445,7 +499,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     replay.add_argument("--dry-run", action="store_true", help="list, replay nothing")
     replay.set_defaults(run=_guarded(_run_replay))
 
-    again = common(sub.add_parser("rescan", help="scan a clean or failed file again, e.g. after a signature update"))
+    release = common(sub.add_parser("release", help="let an unscannable or rejected file be downloaded (audited)"))
+    release.add_argument("upload_id")
+    release.add_argument("--reason", required=True, help="why; recorded in the audit log")
+    release.add_argument("--operator", help="who decides (default: the login name); recorded in the audit log")
+    release.set_defaults(run=_guarded(_run_release))
+
+    blocked = common(sub.add_parser("blocklist", help="known-bad SHA-256 values: list, add (quarantines stored "
+                                                      "files with it), remove"))
+    blocked.add_argument("action", choices=("list", "add", "remove"))
+    blocked.add_argument("sha256", nargs="?", help="the whole file's SHA-256 (add, remove)")
+    blocked.add_argument("--reason", help="why (add); recorded with the entry and in the audit log")
+    blocked.add_argument("--operator", help="who decides (default: the login name); recorded in the audit log")
+    blocked.set_defaults(run=_guarded(_run_blocklist))
+
+    again = common(sub.add_parser("rescan", help="scan a clean or unscannable file again, e.g. after a signature update"))
     again.add_argument("upload_id")
     again.add_argument("--reason", default="signature update", help="recorded in the audit log")
     again.add_argument("--operator", help="who asks (default: the login name); recorded in the audit log")

@@ -18,8 +18,10 @@ from typing import Final
 import flask
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from shared import status
+
 METRICS_PATH: Final = "/metrics"
-VERDICTS: Final = ("clean", "infected", "rejected", "failed")
+VERDICTS: Final = tuple(sorted(status.VERDICTS))  # every series exists from the start
 
 # -- presign --
 UPLOADS_CREATED: Final = Counter("dropgate_uploads_created", "Uploads created (row + multipart upload)")
@@ -36,6 +38,12 @@ SCAN_BYTES: Final = Counter("dropgate_scan_bytes", "Bytes read from storage and 
 SCAN_DURATION: Final = Histogram(
     "dropgate_scan_duration_seconds", "Time from opening an object to its verdict (scans that wrote one)",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900))
+ADMIN_ACTIONS: Final = Counter("dropgate_admin_actions", "Audited admin decisions: release, blocklist_add, "
+                               "blocklist_remove", ["action"])
+RESCANS_REQUESTED: Final = Counter("dropgate_rescans_requested", "Clean files the reconcile pass asked scan to "
+                                   "read again after clamd's signature version advanced")
+SCAN_RESCANS: Final = Counter("dropgate_scan_rescans", "Clean files read again after a signature update, by outcome",
+                              ["outcome"])
 
 # -- expire --
 EXPIRE_UPLOADS: Final = Counter(

@@ -56,13 +56,13 @@ from shared.logs import log_event
 from shared.retention import lock_cursor, save_cursor
 from shared.scanning import scan_lock_name
 from shared.settings import StorageSettings
+from shared.status import AWAITING_VERDICT, UploadStatus, values
 
 logger = logging.getLogger("dropgate.reconcile")
 
 ACTOR: Final = Actor.system("reconcile")
 # The eventSource of the events dropgate emits on storage's behalf: source "dropgate:s3..<bucket>".
 EVENT_SOURCE: Final = "dropgate:s3"
-AWAITING: Final = ("pending", "uploaded", "scanning")  # no verdict yet: what scan may still claim
 
 # Why an upload is re-driven (audit `reason`, summary counters, metric label).
 NO_VERDICT: Final = "no_verdict"  # uploaded, completed longer than the grace period ago
@@ -343,10 +343,12 @@ class ReconcileJob:
     def _fail(self, conn: psycopg.Connection, row: dict[str, Any], reason: str, *, object_found: bool) -> str:
         why = _FAILURE_REASONS[reason] if object_found else "the object is missing from storage"
         text = f"not scanned after {row['redrive_attempts']} re-drives: {why}"
-        # scan_detail too: a late delivery that finds this verdict replies with it, and a failed verdict gives a reason.
-        conn.execute("UPDATE uploads SET status = 'failed', scan_verdict = 'failed', scan_detail = %(text)s,"
+        # Scanner errors past the retry budget mean "not fully scanned": unscannable, never clean
+        # (docs/scan.md). scan_detail too: a late delivery that finds this verdict replies with it.
+        conn.execute("UPDATE uploads SET status = %(status)s, scan_verdict = %(status)s, scan_detail = %(text)s,"
                      " status_reason = %(text)s, updated_at = now() WHERE id = %(id)s AND status = ANY(%(awaiting)s)",
-                     {"text": text, "id": row["id"], "awaiting": list(AWAITING)})
+                     {"status": UploadStatus.UNSCANNABLE, "text": text, "id": row["id"],
+                      "awaiting": values(AWAITING_VERDICT)})
         audit.record(conn, ACTOR, "reconcile.failed", row["id"], reason=text, cause=reason, status_before=row["status"],
                      attempts=row["redrive_attempts"], key=row["object_key"], object_found=object_found,
                      run_id=self.summary.run_id)

@@ -59,6 +59,9 @@ from shared import audit
 from shared.audit import Actor
 from shared.logs import log_event
 from shared.settings import MAX_RETENTION_DAYS, StorageSettings
+from shared.status import COMPLETED, GONE, QUARANTINED, values
+from shared.status import MAY_BE_IN_QUARANTINE as _MAY_BE_IN_QUARANTINE
+from shared.storage import list_versions
 
 logger = logging.getLogger("dropgate.retention")
 
@@ -66,13 +69,14 @@ ACTOR: Final = Actor.system("expire")
 S3_MAX_DELETE_KEYS: Final = 1000  # DeleteObjects takes at most 1,000 keys a request
 S3_MAX_LIST_KEYS: Final = 1000
 
-ENDED: Final = ("expired", "aborted", "abandoned")
+ENDED: Final = values(GONE)
 # States in which the upload's bytes must exist somewhere.
-NEEDS_OBJECT: Final = ("uploaded", "scanning", "clean", "infected", "rejected", "failed")
-# Where the scan leaves them: infected and rejected objects move to the quarantine bucket.
-IN_QUARANTINE: Final = ("infected", "rejected")
-# States in which a copy may sit in the quarantine bucket (a scan that crashed while moving it).
-MAY_BE_IN_QUARANTINE: Final = ("scanning", "infected", "rejected", "failed")
+NEEDS_OBJECT: Final = values(COMPLETED)
+# Where the scan leaves them: infected, rejected and unscannable objects move to the quarantine bucket.
+IN_QUARANTINE: Final = values(QUARANTINED)
+# States in which a copy may sit in the quarantine bucket (a scan that crashed while moving it, or
+# an upload the reconcile pass gave up on, which stayed where it was).
+MAY_BE_IN_QUARANTINE: Final = values(_MAY_BE_IN_QUARANTINE)
 _MAX_ERRORS_REPORTED: Final = 50
 _VERSION_LISTING_THREADS: Final = 8
 _MISSING_CODES: Final = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
@@ -522,7 +526,7 @@ class _ObjectDeleter:
             if self.is_versioned(bucket):
                 # One listing per key; a few in parallel (boto3 clients are thread-safe).
                 with ThreadPoolExecutor(_VERSION_LISTING_THREADS) as pool:
-                    listed = pool.map(lambda key: self._versions(bucket, key), keys)
+                    listed = pool.map(lambda key: list_versions(self._s3, bucket, key), keys)
                     entries = [entry for versions in listed for entry in versions]
             else:
                 entries = [{"Key": key} for key in keys]
@@ -534,20 +538,6 @@ class _ObjectDeleter:
                 for error in errors:
                     refused[(bucket, error["Key"])] = f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
         return refused
-
-    def _versions(self, bucket: str, key: str) -> list[dict[str, str]]:
-        entries: list[dict[str, str]] = []
-        request: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
-        while True:
-            page = self._s3.list_object_versions(**request)
-            for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                if item["Key"] == key:  # the prefix also matches longer keys
-                    entries.append({"Key": key, "VersionId": item["VersionId"]})
-            if not page.get("IsTruncated"):
-                return entries
-            request["KeyMarker"] = page["NextKeyMarker"]
-            request["VersionIdMarker"] = page["NextVersionIdMarker"]
-
 
 # -- cursors (shared/migrations/0004_retention.sql) --
 

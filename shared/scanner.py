@@ -16,7 +16,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import clamd
 
@@ -30,11 +30,42 @@ class ScannerUnavailable(ConnectionError):
     """clamd could not be reached or broke off: the scan must be retried, never guessed."""
 
 
+# clamd names what it could not fully scan with these prefixes when AlertExceedsMax / AlertEncrypted
+# are on (clamd.conf(5): "files exceeding the MaxFileSize, MaxScanSize, or MaxRecursion limit will be
+# flagged with the virus name starting with Heuristics.Limits.Exceeded"; clamav's
+# libclamav/scanners.c and others report Heuristics.Encrypted.Zip/.RAR/.7Zip/.PDF). They mean "clamd
+# stopped looking", not "malware found": dropgate calls them unscannable, never infected nor clean.
+_LIMIT_PREFIX: Final = "Heuristics.Limits.Exceeded."
+_ENCRYPTED_PREFIX: Final = "Heuristics.Encrypted."
+
+
+def _unscannable_reason(signature: str, limits: ClamdSettings | None) -> str | None:
+    """The owner-facing sentence for a heuristic that means "not fully scanned", None for a real detection."""
+    name = signature.removesuffix(".UNOFFICIAL")
+    if name.startswith(_ENCRYPTED_PREFIX):
+        what = name.removeprefix(_ENCRYPTED_PREFIX)
+        return f"encrypted {what} content cannot be scanned"
+    if not name.startswith(_LIMIT_PREFIX):
+        return None
+    limit = name.removeprefix(_LIMIT_PREFIX)
+    if limits is None:
+        return f"the scanner stopped at its {limit} limit"
+    return {
+        "MaxRecursion": f"archive nested deeper than {limits.max_recursion} levels",
+        "MaxFiles": f"archive holds more than {limits.max_files} files",
+        "MaxFileSize": f"a file inside is larger than the {limits.max_file_size} bytes the scanner reads",
+        "MaxScanSize": f"the content unpacks to more than the {limits.max_scan_size} bytes the scanner reads",
+        "MaxScanTime": f"scanning took longer than {limits.max_scan_time_ms // 1000} seconds",
+    }.get(limit, f"the scanner stopped at its {limit} limit")
+
+
 @dataclass(frozen=True)
-class ScanResult:
-    outcome: Literal["clean", "infected", "limit_exceeded", "error"]
-    signature: str | None = None  # the virus name when infected
-    detail: str | None = None     # clamd's words when it could not decide
+class ClamdReply:
+    """What clamd answered for one INSTREAM (scanning.ScanResult is the verdict dropgate records)."""
+
+    outcome: Literal["clean", "infected", "unscannable", "error"]
+    signature: str | None = None  # the virus name when infected, clamd's heuristic name when unscannable
+    detail: str | None = None     # why it could not decide, in words for the owner (unscannable, error)
     bytes_scanned: int = 0
 
 
@@ -54,7 +85,30 @@ class StreamingClamd(clamd.ClamdNetworkSocket):
             connection.sendall(b"nPING\n")
             return _read_line(connection)
 
-    def scan_chunks(self, chunks: Iterable[bytes]) -> ScanResult:
+    def __init__(self, host: str, port: int, timeout: float | None = None, *,
+                 limits: ClamdSettings | None = None) -> None:
+        super().__init__(host=host, port=port, timeout=timeout)
+        self.limits = limits  # what clamd.conf says, so a limit alert reads as a sentence with the number
+
+    def signature_version(self) -> int | None:
+        """The version of clamd's signature database (its daily database), from `VERSION`.
+
+        clamd answers "ClamAV 1.4.6/27490/Tue Dec  1 09:21:02 2026" (docs/manual/Usage/Scanning.md,
+        "VERSION"); without a versioned database it answers "ClamAV 1.4.6" and this is None.
+        """
+        with self._connect() as connection:
+            connection.sendall(b"nVERSION\n")
+            reply = _read_line(connection)
+        parts = reply.split("/")
+        return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+    def reload(self) -> str:
+        """Ask clamd to reload its signature database (it answers RELOADING and reloads in the background)."""
+        with self._connect() as connection:
+            connection.sendall(b"nRELOAD\n")
+            return _read_line(connection)
+
+    def scan_chunks(self, chunks: Iterable[bytes]) -> ClamdReply:
         sent = 0
         with self._connect() as connection:
             try:
@@ -72,11 +126,31 @@ class StreamingClamd(clamd.ClamdNetworkSocket):
                     # reply may still be readable.
                     reply = _try_read_line(connection)
                     if reply == _SIZE_LIMIT_REPLY:
-                        return ScanResult("limit_exceeded", detail=reply, bytes_scanned=sent)
+                        return self._stream_too_long(sent)
                 raise ScannerUnavailable(f"clamd at {self.host}:{self.port}: {exc}") from exc
         if not reply:
             raise ScannerUnavailable(f"clamd at {self.host}:{self.port} closed the connection without a verdict")
-        return _interpret(reply, sent)
+        return self._interpret(reply, sent)
+
+    def _stream_too_long(self, sent: int) -> ClamdReply:
+        limit = f" of {self.limits.stream_max_length} bytes" if self.limits else ""
+        return ClamdReply("unscannable", detail=f"the file is longer than the scanner's stream limit{limit}",
+                          bytes_scanned=sent)
+
+    def _interpret(self, reply: str, sent: int) -> ClamdReply:
+        if reply == _SIZE_LIMIT_REPLY:
+            return self._stream_too_long(sent)
+        # Replies look like "stream: OK", "stream: Eicar-Signature FOUND", "stream: ... ERROR".
+        _, _, verdict = reply.partition(": ")
+        if verdict == "OK":
+            return ClamdReply("clean", bytes_scanned=sent)
+        if verdict.endswith(" FOUND"):
+            signature = verdict.removesuffix(" FOUND")
+            reason = _unscannable_reason(signature, self.limits)
+            if reason is not None:
+                return ClamdReply("unscannable", signature=signature, detail=reason, bytes_scanned=sent)
+            return ClamdReply("infected", signature=signature, bytes_scanned=sent)
+        return ClamdReply("error", detail=reply, bytes_scanned=sent)
 
 
 def _read_line(connection: socket.socket) -> str:
@@ -91,20 +165,8 @@ def _try_read_line(connection: socket.socket) -> str | None:
         return None
 
 
-def _interpret(reply: str, sent: int) -> ScanResult:
-    if reply == _SIZE_LIMIT_REPLY:
-        return ScanResult("limit_exceeded", detail=reply, bytes_scanned=sent)
-    # Replies look like "stream: OK", "stream: Eicar-Signature FOUND", "stream: ... ERROR".
-    _, _, verdict = reply.partition(": ")
-    if verdict == "OK":
-        return ScanResult("clean", bytes_scanned=sent)
-    if verdict.endswith(" FOUND"):
-        return ScanResult("infected", signature=verdict.removesuffix(" FOUND"), bytes_scanned=sent)
-    return ScanResult("error", detail=reply, bytes_scanned=sent)
-
-
 def create_scanner(settings: ClamdSettings) -> StreamingClamd:
-    return StreamingClamd(host=settings.host, port=settings.port, timeout=settings.timeout_seconds)
+    return StreamingClamd(settings.host, settings.port, timeout=settings.timeout_seconds, limits=settings)
 
 
 def check_clamd(scanner: StreamingClamd) -> None:

@@ -4,11 +4,14 @@ One pass over the object: chunks read from storage go to clamd's INSTREAM
 while a SHA-256 is updated and the first bytes are kept for sniffing the real
 type, so memory stays at a few chunks whatever the file size.
 
-Verdicts, in this order of precedence:
-    infected  clamd found a signature (its name is recorded)
-    failed    clamd could not decide within its limits (StreamMaxLength): policy, never clean
-    rejected  the bytes are not what was declared: size, SHA-256, or real type
-    clean     none of the above
+Verdicts, in this order of precedence (docs/scan.md has the table with every transition):
+    infected     clamd found a signature (its name is recorded), or the SHA-256 is blocklisted
+    unscannable  not fully scanned: clamd stopped looking (a limit, an encrypted archive or
+                 document, a stream longer than StreamMaxLength), dropgate's own archive
+                 inspection found content past clamd's limits (shared/archives.py), or the
+                 stored bytes are not what was declared (size, SHA-256)
+    rejected     the content policy refuses the real type (shared/content.py)
+    clean        fully scanned, nothing found, bytes as declared, type allowed
 
 Exactly one verdict per upload: the row is claimed (`scanning`), the verdict is
 written only if the row is still `scanning`, and only after every byte storage
@@ -17,8 +20,11 @@ verdict already there and answers with it; one that arrives while the object is
 being scanned waits for that scan (a per-object advisory lock, `scan_lock_name`)
 instead of reading the same bytes a second time. Failures of clamd, storage or the
 database raise, so the function answers 5xx and the broker retries.
-Infected and rejected objects are moved to the quarantine bucket (server-side
-copy, then delete) before the verdict is written; clean ones are tagged.
+Infected, unscannable and rejected objects are moved to the quarantine bucket (the exact
+version, then every version removed: shared/quarantine.py) before the verdict is written;
+clean ones are tagged. Each verdict records clamd's signature database version; a rescan
+(`rescan_for_version`) re-reads a clean file when that version advanced and changes it only
+when the new signatures find something.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import queue
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,21 +46,28 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from psycopg_pool import ConnectionPool
 
-from shared import audit, filetype, metrics
+from shared import archives, audit, blocklist, content, metrics
 from shared.audit import Actor
 from shared.errors import DependencyUnavailable, Gone
 from shared.logs import bind, log_event
-from shared.scanner import ScannerUnavailable, StreamingClamd
+from shared.quarantine import move_to_quarantine, restore_from_quarantine
+from shared.scanner import ClamdReply, ScannerUnavailable, StreamingClamd
 from shared.settings import ClamdSettings, StorageSettings
-from shared.storage import sse_arguments
+from shared.status import AWAITING_VERDICT, DOWNLOADABLE, QUARANTINED, VERDICTS, UploadStatus, values
+from shared.storage import is_missing
 
 logger = logging.getLogger("dropgate.scan")
 
-Verdict = Literal["clean", "infected", "rejected", "failed"]
-VERDICTS: Final = ("clean", "infected", "rejected", "failed")
+Verdict = Literal["clean", "infected", "rejected", "unscannable"]
 ACTOR: Final = Actor.system("scan")
-_CLAIMABLE: Final = ("pending", "uploaded", "scanning")
+# CloudEvent extensions on a re-emitted "object created": an operator's rescan (`dropgate-dev rescan`,
+# its id), and the reconcile pass's rescan after a signature update (the clamd database version).
+RESCAN_EXTENSION: Final = "dropgaterescan"
+SIGNATURE_RESCAN_EXTENSION: Final = "dropgatesigversion"
 _LOCK_POLL_SECONDS: Final = 0.2
+# What dropgate inspects itself before calling an archive fully scanned (shared/archives.py).
+_ARCHIVES: Final = frozenset({"application/zip", "application/gzip", "application/x-bzip2", "application/x-xz",
+                              "application/x-tar", "application/x-7z-compressed", "application/vnd.rar"})
 
 
 def scan_lock_name(bucket: str, key: str) -> str:
@@ -68,10 +82,6 @@ def scan_lock_name(bucket: str, key: str) -> str:
     return f"dropgate-scan:{bucket}/{key}"
 
 
-def _is_missing(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
-
-
 class IncompleteRead(IOError):
     """Storage ended the stream before the length it announced: no verdict may be written."""
 
@@ -82,16 +92,26 @@ class ScanInProgress(DependencyUnavailable):
 
 @dataclass(frozen=True)
 class ScanResult:
+    """The verdict dropgate recorded for one upload (shared.scanner.ClamdReply is what clamd said)."""
+
     upload_id: str
-    bucket: str  # where the object is now (quarantine for infected/rejected)
+    bucket: str  # where the object is now (quarantine for infected/unscannable/rejected)
     key: str
     verdict: Verdict
-    detail: str | None  # signature name, rejection or failure reason
+    detail: str | None  # signature name, or the reason in words for the owner
     sha256: str | None
     size: int
     detected_type: str | None
     scanned_at: datetime
+    signature_version: int | None = None  # clamd's database version that produced the verdict
     already_decided: bool = False  # True when a previous delivery wrote the verdict
+    rescan: bool = False  # a rescan after a signature update found it infected
+
+
+@dataclass(frozen=True)
+class _Decision:
+    verdict: Verdict
+    detail: str | None = None
 
 
 def _release_lock(conn: psycopg.Connection, name: str) -> None:
@@ -112,13 +132,16 @@ class _MeasuredStream:
 
     PREFETCH_CHUNKS: Final = 4
 
-    def __init__(self, body: Any, chunk_size: int, expected_length: int) -> None:
+    def __init__(self, body: Any, chunk_size: int, expected_length: int, declared_type: str = "") -> None:
         self._body = body
+        # Declared markup is searched too: an HTML fragment sniffs as plain text, yet a browser runs it.
+        self._declared_markup = content.kind_of(declared_type.split(";")[0].strip().lower()) == "markup"
         self._chunk_size = chunk_size
         self.expected_length = expected_length
         self.sha256 = hashlib.sha256()
         self.length = 0
         self.head = b""
+        self.markup: content.ActiveMarkup | None = None  # set when the file is HTML/SVG/XHTML
         self.finished = False
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=self.PREFETCH_CHUNKS)
         self._stop = threading.Event()
@@ -143,6 +166,12 @@ class _MeasuredStream:
             except queue.Full:
                 continue
 
+    def _watch_markup(self) -> None:
+        """Markup can carry script anywhere, not only in the head: such files are searched whole."""
+        if self._declared_markup or content.kind_of(content.sniff(self.head)) == "markup":
+            self.markup = content.ActiveMarkup()
+            self.markup.feed(self.head)  # every byte so far; the caller feeds what follows, once
+
     def __iter__(self) -> Iterator[bytes]:
         reader = threading.Thread(target=self._read_ahead, name="scan-read-ahead", daemon=True)
         reader.start()
@@ -154,13 +183,22 @@ class _MeasuredStream:
                 if isinstance(item, BaseException):
                     raise item
                 self.length += len(item)
-                if len(self.head) < filetype.SNIFF_BYTES:
-                    self.head += item[:filetype.SNIFF_BYTES - len(self.head)]
+                rest = item
+                if len(self.head) < content.SNIFF_BYTES:
+                    taken = content.SNIFF_BYTES - len(self.head)
+                    self.head += item[:taken]
+                    rest = item[taken:]
+                    if len(self.head) >= content.SNIFF_BYTES:
+                        self._watch_markup()
+                if self.markup is not None and rest:
+                    self.markup.feed(rest)
                 yield item
         finally:
             # The consumer stopped (done, clamd gone, or an error): let the reader finish.
             self._stop.set()
             reader.join(timeout=30)
+        if len(self.head) < content.SNIFF_BYTES:
+            self._watch_markup()  # a file shorter than the sniffed window
         if self.length != self.expected_length:
             raise IncompleteRead(f"storage sent {self.length} of {self.expected_length} bytes")
         self.finished = True
@@ -168,18 +206,30 @@ class _MeasuredStream:
 
 class ObjectScanner:
     def __init__(self, *, storage: StorageSettings, clamd: ClamdSettings, pool: ConnectionPool, s3: BaseClient,
-                 scanner: StreamingClamd) -> None:
+                 scanner: StreamingClamd, policy: content.ContentPolicy = content.ContentPolicy()) -> None:
         self._storage = storage
+        self._clamd = clamd
         self._chunk_size = clamd.chunk_size
         self._pool = pool
         self._s3 = s3
         self._scanner = scanner
+        self._policy = policy
+        self._archive_limits = archives.ArchiveLimits(
+            max_recursion=clamd.max_recursion, max_files=clamd.max_files, max_file_size=clamd.max_file_size,
+            max_scan_size=clamd.max_scan_size)
         # A duplicate delivery waits at most about as long as one scan may take (one clamd call).
         self._lock_wait_seconds = clamd.timeout_seconds + 60
 
-    def scan(self, bucket: str, key: str, event_id: str) -> ScanResult | None:
-        """Scan the object an "object created" event names; None when dropgate has no upload for it."""
+    def scan(self, bucket: str, key: str, event_id: str, *, rescan_for_version: int | None = None) -> ScanResult | None:
+        """Scan the object an "object created" event names; None when there is nothing to answer.
+
+        `rescan_for_version`: a rescan asked for by the reconcile pass after clamd's signature
+        database reached that version; a file already scanned at that version (or later) is
+        not read again, and only a new detection changes it.
+        """
         with self._object_lock(bucket, key):
+            if rescan_for_version is not None:
+                return self._rescan(bucket, key, event_id, rescan_for_version)
             upload = self._claim(bucket, key)
             if upload is None:
                 log_event(logger, "no upload for this object; ignored", bucket=bucket, key=key, event_id=event_id)
@@ -218,9 +268,9 @@ class ObjectScanner:
     def _claim(self, bucket: str, key: str) -> dict[str, Any] | None:
         with self._pool.connection() as conn:
             row = conn.execute(
-                "UPDATE uploads SET status = 'scanning', updated_at = now()"
+                "UPDATE uploads SET status = %s, updated_at = now()"
                 " WHERE bucket = %s AND object_key = %s AND status = ANY(%s) RETURNING *",
-                (bucket, key, list(_CLAIMABLE))).fetchone()
+                (UploadStatus.SCANNING, bucket, key, values(AWAITING_VERDICT))).fetchone()
             if row is None:  # already decided, expired, aborted, or unknown
                 row = conn.execute("SELECT * FROM uploads WHERE bucket = %s AND object_key = %s",
                                    (bucket, key)).fetchone()
@@ -230,113 +280,212 @@ class ObjectScanner:
                     return None
             return row
 
+    # -- the first scan --
+
     def _scan_claimed(self, upload: dict[str, Any], event_id: str) -> ScanResult:
         started = time.monotonic()
-        bucket, body, length = self._open(upload)
-        stream = _MeasuredStream(body, self._chunk_size, length)
+        signature_version = self._scanner.signature_version()
+        with self._pool.connection() as conn:
+            listed = blocklist.reason_blocked(conn, upload["declared_sha256"])
+        if listed is not None:
+            # The declared hash is a known-bad file: no need to read a byte (nor wait for clamd).
+            bucket = self._quarantine(upload, upload["bucket"], None)
+            return self._record(upload, bucket, _Decision("infected", listed), upload["declared_sha256"],
+                                upload["declared_size"], None, datetime.now(UTC), event_id, signature_version,
+                                started)
+        bucket, stream, reply, version_id = self._stream_through_clamd(upload)
+        decision = self._decide(upload, reply, stream, bucket, version_id)
+        if decision.verdict in QUARANTINED:
+            bucket = self._quarantine(upload, bucket, version_id)
+        else:
+            if bucket == self._storage.quarantine_bucket:  # an operator's rescan of an unscannable file
+                restore_from_quarantine(self._s3, self._storage, upload["object_key"], target_bucket=upload["bucket"])
+                bucket = upload["bucket"]
+            self._tag_clean(bucket, upload["object_key"])
+        detected = content.sniff(stream.head)
+        return self._record(upload, bucket, decision, stream.sha256.hexdigest(), stream.length, detected,
+                            datetime.now(UTC), event_id, signature_version, started)
+
+    def _stream_through_clamd(self, upload: dict[str, Any]) -> tuple[str, _MeasuredStream, ClamdReply, str | None]:
+        bucket, body, length, version_id = self._open(upload)
+        stream = _MeasuredStream(body, self._chunk_size, length, upload["content_type"])
         try:
-            outcome = self._scanner.scan_chunks(stream)
+            reply = self._scanner.scan_chunks(stream)
         finally:
             body.close()
             metrics.SCAN_BYTES.inc(stream.length)
-        if outcome.outcome == "error":
-            raise ScannerUnavailable(f"clamd could not scan: {outcome.detail}")
-        if outcome.outcome != "limit_exceeded" and not stream.finished:
+        if reply.outcome == "error":
+            raise ScannerUnavailable(f"clamd could not scan: {reply.detail}")
+        if reply.outcome == "unscannable" and not stream.finished:
+            # clamd closed the stream at StreamMaxLength: the rest was never read, so there is no hash.
+            stream.sha256 = hashlib.sha256()
+        elif not stream.finished:
             raise IncompleteRead("the scan ended before the whole object was read")
-        verdict, detail = self._decide(upload, outcome, stream)
-        now = datetime.now(UTC)
-        if verdict in ("infected", "rejected"):
-            bucket = self._quarantine(upload, bucket)
-        elif verdict == "clean":
-            self._tag_clean(bucket, upload["object_key"])
-        sha256 = stream.sha256.hexdigest() if stream.finished else None
-        result = self._record(upload, bucket, verdict, detail, sha256, stream, now, event_id)
-        if not result.already_decided:
-            metrics.SCAN_VERDICTS.labels(verdict).inc()
-            metrics.SCAN_DURATION.observe(time.monotonic() - started)
-        return result
+        return bucket, stream, reply, version_id
 
-    def _open(self, upload: dict[str, Any]) -> tuple[str, Any, int]:
+    def _open(self, upload: dict[str, Any]) -> tuple[str, Any, int, str | None]:
         """The object's body from the uploads bucket, or from quarantine when a crashed attempt already moved it."""
         key = upload["object_key"]
         for bucket in (upload["bucket"], self._storage.quarantine_bucket):
             try:
                 response = self._s3.get_object(Bucket=bucket, Key=key)
             except ClientError as exc:
-                if _is_missing(exc):
+                if is_missing(exc):
                     continue
                 raise
-            return bucket, response["Body"], response["ContentLength"]
+            return bucket, response["Body"], response["ContentLength"], response.get("VersionId")
         # Deleted before it could be scanned: a retry cannot help (a 4xx goes to the dead-letter sink).
         raise Gone(f"object {key} is in neither {upload['bucket']} nor the quarantine bucket")
 
-    @staticmethod
-    def _decide(upload: dict[str, Any], outcome: Any, stream: _MeasuredStream) -> tuple[Verdict, str | None]:
-        if outcome.outcome == "infected":
-            return "infected", outcome.signature
-        if outcome.outcome == "limit_exceeded":
-            return "failed", f"clamd stopped after {outcome.bytes_scanned} bytes: {outcome.detail}"
+    def _decide(self, upload: dict[str, Any], reply: ClamdReply, stream: _MeasuredStream, bucket: str,
+                version_id: str | None) -> _Decision:
+        """The verdict, in the module docstring's order of precedence."""
+        if reply.outcome == "infected":
+            return _Decision("infected", reply.signature)
+        digest = stream.sha256.hexdigest() if stream.finished else None
+        with self._pool.connection() as conn:
+            listed = blocklist.reason_blocked(conn, digest)
+        if listed is not None:
+            return _Decision("infected", listed)
+        if reply.outcome == "unscannable":
+            return _Decision("unscannable", reply.detail)
         if stream.length != upload["declared_size"]:
-            return "rejected", f"size is {stream.length} bytes, {upload['declared_size']} were declared"
-        digest = stream.sha256.hexdigest()
+            return _Decision("unscannable", f"the stored object differs from what was declared: it is "
+                                            f"{stream.length} bytes, {upload['declared_size']} were declared")
         if upload["declared_sha256"] and digest != upload["declared_sha256"]:
-            return "rejected", f"SHA-256 is {digest}, {upload['declared_sha256']} was declared"
-        ok, reason = filetype.consistent(upload["content_type"], filetype.sniff(stream.head))
-        if not ok:
-            return "rejected", reason
-        return "clean", None
+            return _Decision("unscannable", f"the stored object differs from what was declared: its SHA-256 is "
+                                            f"{digest}, {upload['declared_sha256']} was declared")
+        detected = content.sniff(stream.head)
+        names = self._inspect_archive(detected, bucket, upload["object_key"], stream.length, version_id)
+        if isinstance(names, archives.NotFullyScannable):
+            return _Decision("unscannable", names.reason)
+        if names is not None and content.looks_like_jar(names):
+            detected = "application/java-archive"
+        markup = stream.markup.found if stream.markup is not None else None
+        reason = self._policy.check_content(upload["content_type"], detected, active_markup=markup)
+        if reason is not None:
+            return _Decision("rejected", reason)
+        return _Decision("clean")
 
-    def _quarantine(self, upload: dict[str, Any], current_bucket: str) -> str:
-        quarantine, key = self._storage.quarantine_bucket, upload["object_key"]
-        if current_bucket != quarantine:
+    def _inspect_archive(self, detected: str | None, bucket: str, key: str, size: int,
+                         version_id: str | None) -> archives.NotFullyScannable | list[str] | None:
+        """clamd's alerts miss one case: a single entry past MaxFileSize is cut short silently.
+
+        dropgate reads the archive's directory itself (ranged reads, not the whole object again)
+        and calls anything past clamd's limits not fully scanned. Returns the finding, or the
+        entry names of a ZIP (to tell a jar), or None.
+        """
+        if detected not in _ARCHIVES:
+            return None
+        reader = archives.S3RangeReader(self._s3, bucket, key, size, version_id=version_id)
+        with reader:
+            finding = archives.inspect(reader, self._archive_limits)
+            if finding is not None or detected != "application/zip":
+                return finding
+            reader.seek(0)
             try:
-                self._s3.copy_object(Bucket=quarantine, Key=key, CopySource={"Bucket": current_bucket, "Key": key},
-                                     MetadataDirective="COPY", **sse_arguments(self._storage))
-            except ClientError as exc:
-                # A concurrent delivery of the same event may have moved it a moment ago.
-                if not (_is_missing(exc) and self._exists(quarantine, key)):
-                    raise
-            self._s3.delete_object(Bucket=current_bucket, Key=key)
-        return quarantine
+                with zipfile.ZipFile(reader) as archive:
+                    return archive.namelist()
+            except zipfile.BadZipFile:
+                return archives.NotFullyScannable("malformed", "the archive cannot be read")
 
-    def _exists(self, bucket: str, key: str) -> bool:
-        try:
-            self._s3.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if _is_missing(exc):
-                return False
-            raise
-        return True
+    def _quarantine(self, upload: dict[str, Any], current_bucket: str, version_id: str | None) -> str:
+        return move_to_quarantine(self._s3, self._storage, upload["object_key"], source_bucket=current_bucket,
+                                  version_id=version_id, legal_hold=bool(upload["legal_hold"]))
 
     def _tag_clean(self, bucket: str, key: str) -> None:
         self._s3.put_object_tagging(Bucket=bucket, Key=key,
                                     Tagging={"TagSet": [{"Key": "dropgate-verdict", "Value": "clean"}]})
 
-    def _record(self, upload: dict[str, Any], bucket: str, verdict: Verdict, detail: str | None,
-                sha256: str | None, stream: _MeasuredStream, now: datetime, event_id: str) -> ScanResult:
-        detected = filetype.sniff(stream.head)
+    def _record(self, upload: dict[str, Any], bucket: str, decision: _Decision, sha256: str | None, size: int,
+                detected: str | None, now: datetime, event_id: str, signature_version: int | None,
+                started: float) -> ScanResult:
+        verdict, detail = decision.verdict, decision.detail
         with self._pool.connection() as conn, conn.transaction():
             row = conn.execute(
                 "UPDATE uploads SET status = %s, scan_verdict = %s, scan_detail = %s, sha256 = %s, scanned_at = %s,"
-                " stored_size = coalesce(stored_size, %s), updated_at = now()"
-                " WHERE id = %s AND status = 'scanning' RETURNING *",
-                (verdict, verdict, detail, sha256, now, stream.length, upload["id"])).fetchone()
+                " stored_size = coalesce(stored_size, %s), detected_type = %s, signature_version = %s,"
+                " updated_at = now() WHERE id = %s AND status = %s RETURNING *",
+                (verdict, verdict, detail, sha256, now, size, detected, signature_version, upload["id"],
+                 UploadStatus.SCANNING)).fetchone()
             if row is None:  # a concurrent delivery decided first; its verdict stands
                 current = conn.execute("SELECT * FROM uploads WHERE id = %s", (upload["id"],)).fetchone()
                 return self._result_from_row(current, already_decided=True)
             audit.record(conn, ACTOR, "scan.verdict", upload["id"], verdict=verdict, detail=detail, sha256=sha256,
-                         size=stream.length, detected_type=detected, bucket=bucket, event_id=event_id)
+                         size=size, detected_type=detected, bucket=bucket, event_id=event_id,
+                         signature_version=signature_version)
             conn.execute("INSERT INTO processed_events (consumer, event_id, event_type, outcome)"
                          " VALUES ('scan', %s, 'object.created', %s) ON CONFLICT DO NOTHING", (event_id, verdict))
+        metrics.SCAN_VERDICTS.labels(verdict).inc()
+        metrics.SCAN_DURATION.observe(time.monotonic() - started)
         log_event(logger, "scan verdict", upload_id=str(upload["id"]), verdict=verdict, detail=detail,
-                  size=stream.length, outcome=verdict, bucket=bucket)
+                  size=size, outcome=verdict, bucket=bucket, signature_version=signature_version)
         return ScanResult(upload_id=str(upload["id"]), bucket=bucket, key=upload["object_key"], verdict=verdict,
-                          detail=detail, sha256=sha256, size=stream.length, detected_type=detected, scanned_at=now)
+                          detail=detail, sha256=sha256, size=size, detected_type=detected, scanned_at=now,
+                          signature_version=signature_version)
+
+    # -- a rescan after a signature update --
+
+    def _rescan(self, bucket: str, key: str, event_id: str, wanted_version: int) -> ScanResult | None:
+        """Read a downloadable file again with newer signatures; only a detection changes it.
+
+        The file stays downloadable while it is read (it was clean under every signature known
+        until now). A file already scanned at `wanted_version` or later answers None: a resumed
+        or duplicated rescan request yields no second read and no second event.
+        """
+        with self._pool.connection() as conn:
+            upload = conn.execute("SELECT * FROM uploads WHERE bucket = %s AND object_key = %s AND status = ANY(%s)",
+                                  (bucket, key, values(DOWNLOADABLE))).fetchone()
+        if upload is None or (upload["signature_version"] or 0) >= wanted_version:
+            return None
+        bind(upload_id=str(upload["id"]))
+        started = time.monotonic()
+        signature_version = self._scanner.signature_version()
+        if signature_version is None or signature_version < wanted_version:
+            # This clamd has not loaded the new database yet (another replica may have): try later.
+            raise ScannerUnavailable(f"clamd has signature version {signature_version}, the rescan needs "
+                                     f"{wanted_version}")
+        _, stream, reply, version_id = self._stream_through_clamd(upload)
+        found = reply.signature if reply.outcome == "infected" else None
+        if found is None and stream.finished:
+            with self._pool.connection() as conn:
+                found = blocklist.reason_blocked(conn, stream.sha256.hexdigest())
+        if found is not None:
+            new_bucket = self._quarantine(upload, upload["bucket"], version_id)
+        with self._pool.connection() as conn, conn.transaction():
+            if found is None:
+                row = conn.execute("UPDATE uploads SET signature_version = %s, updated_at = now()"
+                                   " WHERE id = %s AND status = %s RETURNING *",
+                                   (signature_version, upload["id"], upload["status"])).fetchone()
+            else:
+                row = conn.execute(
+                    "UPDATE uploads SET status = %s, scan_verdict = %s, scan_detail = %s, signature_version = %s,"
+                    " scanned_at = now(), updated_at = now() WHERE id = %s AND status = %s RETURNING *",
+                    (UploadStatus.INFECTED, UploadStatus.INFECTED, found, signature_version, upload["id"],
+                     upload["status"])).fetchone()
+            if row is None:
+                return None  # expired or changed meanwhile: nothing to say
+            audit.record(conn, ACTOR, "scan.rescan", upload["id"], event_id=event_id, outcome="infected" if found
+                         else "still_clean", detail=found, signature_version=signature_version,
+                         previous_signature_version=upload["signature_version"], clamd_said=reply.outcome)
+        metrics.SCAN_RESCANS.labels("infected" if found else "still_clean").inc()
+        if found is None:
+            log_event(logger, "rescan: still clean", outcome="still_clean", signature_version=signature_version)
+            return None
+        metrics.SCAN_VERDICTS.labels("infected").inc()
+        metrics.SCAN_DURATION.observe(time.monotonic() - started)
+        log_event(logger, "rescan: infected", logging.WARNING, outcome="infected", detail=found,
+                  signature_version=signature_version)
+        return ScanResult(upload_id=str(upload["id"]), bucket=new_bucket, key=upload["object_key"],
+                          verdict="infected", detail=found, sha256=row["sha256"], size=row["stored_size"] or 0,
+                          detected_type=row["detected_type"], scanned_at=row["scanned_at"],
+                          signature_version=signature_version, rescan=True)
 
     def _result_from_row(self, row: dict[str, Any], *, already_decided: bool) -> ScanResult:
-        in_quarantine = row["status"] in ("infected", "rejected")
+        in_quarantine = row["status"] in QUARANTINED
         return ScanResult(
             upload_id=str(row["id"]), bucket=self._storage.quarantine_bucket if in_quarantine else row["bucket"],
             key=row["object_key"], verdict=row["status"], detail=row["scan_detail"], sha256=row["sha256"],
-            size=row["stored_size"] or row["declared_size"], detected_type=None,
-            scanned_at=row["scanned_at"] or datetime.now(UTC), already_decided=already_decided)
+            size=row["stored_size"] or row["declared_size"], detected_type=row["detected_type"],
+            scanned_at=row["scanned_at"] or datetime.now(UTC), signature_version=row["signature_version"],
+            already_decided=already_decided)

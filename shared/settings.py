@@ -34,6 +34,9 @@ _SIZE_PATTERN: Final = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 _FORBIDDEN_JWT_ALGORITHMS: Final = frozenset({"none", "HS256", "HS384", "HS512"})
 SSE_ALGORITHMS: Final = ("AES256", "aws:kms", "none")
 TRACES_EXPORTERS: Final = ("none", "console", "otlp")
+# Kinds of content DROPGATE_DENIED_CONTENT can refuse (shared/content.py; docs/content-policy.md).
+CONTENT_KINDS: Final = ("executable", "script", "active-markup", "java")
+_MEDIA_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})$")
 
 T = TypeVar("T")
 
@@ -212,10 +215,27 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class ClamdSettings:
+    """Where clamd is, and the limits its clamd.conf sets (docs/scan.md, "Limits").
+
+    The limits are the one home of clamd's configuration: local-dev/clamav.py writes clamd.conf from
+    them, a test holds manifests/base/clamd/clamd.conf to the same values, and the scan uses them for
+    its own archive inspection (shared/archives.py) and for the reasons it gives the owner. Defaults
+    cover a 1 GiB upload: a stream longer than StreamMaxLength, or content past any limit, is
+    `unscannable`, never clean.
+    """
+
     host: str
     port: int
     timeout_seconds: int
     chunk_size: int  # bytes per INSTREAM chunk; bounds the scan's memory
+    stream_max_length: int = 1100 * MIB  # StreamMaxLength: above the largest upload (1 GiB)
+    max_file_size: int = 1100 * MIB  # MaxFileSize: any one file, the upload itself or a file inside it
+    # MaxScanSize counts the archive itself plus everything in it (clamd.conf(5)), so a 1 GiB archive
+    # of 1 GiB of content needs 2 GiB; clamd cannot scan more than 4 GB in all.
+    max_scan_size: int = 4000 * MIB
+    max_recursion: int = 17  # MaxRecursion: clamd's default nesting depth
+    max_files: int = 10_000  # MaxFiles: clamd's default
+    max_scan_time_ms: int = 300_000  # MaxScanTime: inside Knative's request timeout for scan
 
     @classmethod
     def read(cls, env: _EnvReader) -> ClamdSettings:
@@ -225,7 +245,38 @@ class ClamdSettings:
             port=port,
             timeout_seconds=env.integer("DROPGATE_CLAMD_TIMEOUT", 300, minimum=1, maximum=3600),
             chunk_size=env.size("DROPGATE_SCAN_CHUNK_SIZE", MIB, minimum=4 * KIB, maximum=64 * MIB),
+            stream_max_length=env.size("DROPGATE_CLAMD_STREAM_MAX_LENGTH", cls.stream_max_length, minimum=MIB,
+                                       maximum=4000 * MIB),
+            max_file_size=env.size("DROPGATE_CLAMD_MAX_FILE_SIZE", cls.max_file_size, minimum=MIB,
+                                   maximum=4000 * MIB),
+            max_scan_size=env.size("DROPGATE_CLAMD_MAX_SCAN_SIZE", cls.max_scan_size, minimum=MIB,
+                                   maximum=4000 * MIB),
+            max_recursion=env.integer("DROPGATE_CLAMD_MAX_RECURSION", cls.max_recursion, minimum=1, maximum=64),
+            max_files=env.integer("DROPGATE_CLAMD_MAX_FILES", cls.max_files, minimum=1, maximum=1_000_000),
+            max_scan_time_ms=env.integer("DROPGATE_CLAMD_MAX_SCAN_TIME_MS", cls.max_scan_time_ms, minimum=1000,
+                                         maximum=600_000),
         )
+
+    def clamd_conf(self) -> dict[str, str]:
+        """The clamd.conf options that make clamd's verdict trustworthy, as clamd.conf(5) spells them.
+
+        AlertExceedsMax and AlertEncrypted make clamd *say* when it stopped looking
+        (Heuristics.Limits.Exceeded.*, Heuristics.Encrypted.*) instead of answering OK.
+        """
+        return {
+            "StreamMaxLength": f"{self.stream_max_length // MIB}M",
+            "MaxFileSize": f"{self.max_file_size // MIB}M",
+            "MaxScanSize": f"{self.max_scan_size // MIB}M",
+            "MaxRecursion": str(self.max_recursion),
+            "MaxFiles": str(self.max_files),
+            "MaxScanTime": str(self.max_scan_time_ms),
+            "AlertExceedsMax": "yes",
+            "AlertEncrypted": "yes",
+            "AlertEncryptedArchive": "yes",
+            "AlertEncryptedDoc": "yes",
+            # A real detection found later in an archive still wins over a limit alert (clamd.conf(5)).
+            "HeuristicScanPrecedence": "no",
+        }
 
 
 @dataclass(frozen=True)
@@ -266,7 +317,6 @@ class LimitSettings:
     max_upload_size: int
     min_upload_size: int
     default_part_size: int
-    allowed_content_types: tuple[str, ...]  # empty: any type
     max_open_uploads_per_user: int
     max_bytes_per_user_per_day: int
     requests_per_minute: int
@@ -281,7 +331,6 @@ class LimitSettings:
             min_upload_size=env.size("DROPGATE_MIN_UPLOAD_SIZE", 1, minimum=1),
             default_part_size=env.size("DROPGATE_PART_SIZE", 8 * MIB, minimum=S3_MIN_PART_SIZE,
                                        maximum=S3_MAX_PART_SIZE),
-            allowed_content_types=env.words("DROPGATE_ALLOWED_CONTENT_TYPES", ()),
             max_open_uploads_per_user=env.integer("DROPGATE_MAX_OPEN_UPLOADS", 10, minimum=1),
             max_bytes_per_user_per_day=env.size("DROPGATE_MAX_BYTES_PER_DAY", 20 * GIB, minimum=1),
             requests_per_minute=env.integer("DROPGATE_RATE_LIMIT_PER_MINUTE", 600, minimum=1),
@@ -289,6 +338,29 @@ class LimitSettings:
             retention_days=env.integer("DROPGATE_RETENTION_DAYS", MAX_RETENTION_DAYS, minimum=1,
                                        maximum=MAX_RETENTION_DAYS),
         )
+
+
+@dataclass(frozen=True)
+class ContentSettings:
+    """What content is accepted: presign checks the declared type and name, scan the bytes (shared/content.py)."""
+
+    allowed_content_types: tuple[str, ...]  # "*", "type/*" or "type/subtype"
+    denied_content: frozenset[str]  # of CONTENT_KINDS, refused whatever the allow-list says
+
+    @classmethod
+    def read(cls, env: _EnvReader) -> ContentSettings:
+        allowed = tuple(p.lower() for p in env.words("DROPGATE_ALLOWED_CONTENT_TYPES", ("*",)))
+        bad = [p for p in allowed if p != "*" and not _MEDIA_PATTERN.match(p)]
+        if bad or not allowed:
+            env.problems.append(f"DROPGATE_ALLOWED_CONTENT_TYPES: {', '.join(bad) or 'empty'}: expected "
+                                "comma-separated patterns, each *, type/* or type/subtype")
+        denied = tuple(w.lower() for w in env.words("DROPGATE_DENIED_CONTENT", CONTENT_KINDS))
+        unknown = [w for w in denied if w not in CONTENT_KINDS and not (w == "none" and len(denied) == 1)]
+        if unknown or not denied:
+            env.problems.append(f"DROPGATE_DENIED_CONTENT: {', '.join(unknown) or 'empty'}: expected some of "
+                                f"{', '.join(CONTENT_KINDS)}, or none")
+        return cls(allowed_content_types=allowed or ("*",),
+                   denied_content=frozenset(w for w in denied if w in CONTENT_KINDS))
 
 
 @dataclass(frozen=True)
@@ -368,6 +440,9 @@ class ReconcileSettings:
     max_attempts: int  # re-drives without a verdict before the upload is marked failed
     max_redrives: int  # uploads re-driven or failed per pass
     max_checked: int  # unfinished (pending) uploads looked up in storage per pass
+    # Rescans after a signature update (shared/rescan.py): files clean within this many days are read again.
+    rescan_days: int = 7
+    rescan_max_per_run: int = 2000  # rescan requests per pass; the rest follow on the next ping
 
     @classmethod
     def read(cls, env: _EnvReader) -> ReconcileSettings:
@@ -379,6 +454,9 @@ class ReconcileSettings:
             max_attempts=env.integer("DROPGATE_RECONCILE_MAX_ATTEMPTS", 3, minimum=1, maximum=100),
             max_redrives=env.integer("DROPGATE_RECONCILE_MAX_PER_RUN", 1000, minimum=1, maximum=100_000),
             max_checked=env.integer("DROPGATE_RECONCILE_MAX_CHECKED", 1000, minimum=1, maximum=100_000),
+            rescan_days=env.integer("DROPGATE_RESCAN_DAYS", cls.rescan_days, minimum=0, maximum=MAX_RETENTION_DAYS),
+            rescan_max_per_run=env.integer("DROPGATE_RESCAN_MAX_PER_RUN", cls.rescan_max_per_run, minimum=1,
+                                           maximum=100_000),
         )
 
 
@@ -388,6 +466,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "clamd": ClamdSettings,
     "auth": AuthSettings,
     "limits": LimitSettings,
+    "content": ContentSettings,
     "events": EventSettings,
     "retention": RetentionSettings,
     "reconcile": ReconcileSettings,
@@ -426,6 +505,10 @@ class Settings:
     @property
     def limits(self) -> LimitSettings:
         return self._section("limits")
+
+    @property
+    def content(self) -> ContentSettings:
+        return self._section("content")
 
     @property
     def events(self) -> EventSettings:

@@ -8,6 +8,8 @@ with SigV4 and standard retries.
 
 from __future__ import annotations
 
+from typing import Any, Final
+
 import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
@@ -159,3 +161,32 @@ def set_up_buckets(settings: StorageSettings, client: BaseClient | None = None) 
         set_upload_cors(client, settings.uploads_bucket, settings.allowed_origins)
         actions.append(f"CORS on {settings.uploads_bucket} for {', '.join(settings.allowed_origins)}")
     return actions
+
+
+# What S3 servers answer for an absent key or bucket: NoSuchKey on GET, a bare 404 on HEAD
+# (no body to carry a code), NotFound from some servers, NoSuchVersion for a version id.
+MISSING_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
+
+
+def is_missing(exc: ClientError) -> bool:
+    """Whether storage said the object (or version) is not there."""
+    return str(exc.response.get("Error", {}).get("Code", "")) in MISSING_CODES
+
+
+def list_versions(client: BaseClient, bucket: str, key: str) -> list[dict[str, str]]:
+    """Every version and delete marker of exactly `key`, as DeleteObjects entries ({Key, VersionId}).
+
+    On a versioned bucket a plain delete only adds a delete marker and the bytes stay readable by
+    version id; whoever must make bytes go deletes each of these.
+    """
+    entries: list[dict[str, str]] = []
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": key}
+    while True:
+        page = client.list_object_versions(**request)
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            if item["Key"] == key:  # the prefix also matches longer keys
+                entries.append({"Key": key, "VersionId": item["VersionId"]})
+        if not page.get("IsTruncated"):
+            return entries
+        request["KeyMarker"] = page["NextKeyMarker"]
+        request["VersionIdMarker"] = page["NextVersionIdMarker"]

@@ -35,6 +35,7 @@ from events.types import ObjectCreated
 from shared import audit, metrics, tracing
 from shared.audit import Actor
 from shared.auth import ROLE_ADMIN, ROLE_UPLOADER, Principal
+from shared.content import ContentPolicy, download_type
 from shared.errors import ApiError, BadRequest, Conflict, DependencyUnavailable, Forbidden, Gone, NotFound, \
     PayloadTooLarge, UnsupportedMediaType
 from shared.limits import count_request, reserve_upload_quota
@@ -42,6 +43,7 @@ from shared.logs import bind, log_event
 from shared.settings import MIB, S3_MAX_PART_SIZE, S3_MAX_PARTS, S3_MIN_PART_SIZE, LimitSettings, StorageSettings
 from shared.reconcile import object_created_event
 from shared.sigv4 import PresignedUrl, PresignSigner
+from shared.status import AWAITING_VERDICT, COMPLETED, DOWNLOADABLE, GONE, QUARANTINED
 from shared.storage import sse_arguments
 
 logger = logging.getLogger("dropgate.uploads")
@@ -50,11 +52,6 @@ MAX_PARTS_PER_BATCH = 1000
 DOWNLOAD_URL_SECONDS = 300
 _CONTENT_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-_NOT_YET_SCANNED = {"pending", "uploaded", "scanning"}
-_QUARANTINED = {"infected", "rejected", "failed"}
-_GONE = {"expired", "aborted", "abandoned"}
-# States only a completed upload reaches (scan may claim a pending row whose object storage announced).
-_COMPLETED = {"uploaded", "scanning", "clean", "infected", "rejected", "failed"}
 
 
 # -- requests, as parsed from JSON --
@@ -185,13 +182,6 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def content_type_allowed(content_type: str, allowed: tuple[str, ...]) -> bool:
-    if not allowed:
-        return True
-    major = content_type.split("/", 1)[0]
-    return content_type in allowed or f"{major}/*" in allowed
-
-
 # -- results --
 
 @dataclass(frozen=True)
@@ -215,6 +205,8 @@ class Upload:
             "part_size": row["part_size"], "part_count": row["part_count"], "status": row["status"],
             "status_reason": row["status_reason"], "sha256": row["sha256"] or row["declared_sha256"],
             "scan_verdict": row["scan_verdict"], "legal_hold": row["legal_hold"],
+            # Why a file is not downloadable, in words (e.g. "archive nested deeper than 17 levels").
+            "scan_detail": row["scan_detail"], "detected_type": row["detected_type"],
             "created_at": row["created_at"].isoformat(), "expires_at": row["expires_at"].isoformat(),
             "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
         }
@@ -240,12 +232,16 @@ def _is_missing_upload(exc: ClientError) -> bool:
 
 class UploadService:
     def __init__(self, *, storage: StorageSettings, limits: LimitSettings, pool: ConnectionPool, s3: BaseClient,
-                 signer: PresignSigner, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 signer: PresignSigner, content: ContentPolicy = ContentPolicy(),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  announce: Callable[[ObjectCreated], None] | None = None) -> None:
-        """`announce`, when given, is presign's fast path: it gets each completed upload's "object created"
+        """`content` is the content policy (DROPGATE_ALLOWED_CONTENT_TYPES, DROPGATE_DENIED_CONTENT) whose
+        cheap half, the declared type and file name, `create` applies; scan applies the rest to the bytes.
+        `announce`, when given, is presign's fast path: it gets each completed upload's "object created"
         event (the canonical one, shared.reconcile), so a lost storage notification costs no delay."""
         self._storage = storage
         self._limits = limits
+        self._content = content
         self._pool = pool
         self._s3 = s3
         self._signer = signer
@@ -273,9 +269,9 @@ class UploadService:
             raise PayloadTooLarge(f"size {new.size} is over the limit of {limits.max_upload_size} bytes")
         if new.size < limits.min_upload_size:
             raise BadRequest(f"size {new.size} is under the minimum of {limits.min_upload_size} bytes")
-        if not content_type_allowed(new.content_type, limits.allowed_content_types):
-            raise UnsupportedMediaType(f"content type {new.content_type} is not accepted; allowed: "
-                                       f"{', '.join(limits.allowed_content_types)}")
+        refused = self._content.check_declared(new.content_type, new.filename)
+        if refused:
+            raise UnsupportedMediaType(refused)
         if part_size_rule is None:
             part_size = choose_part_size(new.size, limits.default_part_size)
         else:
@@ -446,7 +442,7 @@ class UploadService:
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, upload_id, for_update=True)
             if upload.status != "pending":
-                if upload.status in _COMPLETED:
+                if upload.status in COMPLETED:
                     return upload  # a retried completion: same answer, nothing done twice
                 raise Conflict(f"upload is {upload.status}, not pending")
             row = upload.row
@@ -578,13 +574,14 @@ class UploadService:
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, file_id, admin_may_see=True)
             status = upload.status
-            if status in _NOT_YET_SCANNED:
+            if status in AWAITING_VERDICT:
                 raise Conflict(f"the file is {status} and can be downloaded once scanned clean",
                                headers={"Retry-After": "5"})
-            if status in _GONE:
+            if status in GONE:
                 raise Gone(f"the file is {status}")
-            if status in _QUARANTINED or status != "clean":
-                raise Forbidden(f"the file is {status} and will not be served")
+            if status not in DOWNLOADABLE:
+                raise Forbidden(f"the file is {status} and will not be served"
+                                + (f": {upload.row['scan_detail']}" if upload.row["scan_detail"] else ""))
             row = upload.row
             audit.record(conn, actor, "file.download_url", upload.id)
         metrics.DOWNLOAD_URLS_SIGNED.inc()
@@ -593,15 +590,16 @@ class UploadService:
             DOWNLOAD_URL_SECONDS, self._limits.url_expiry_seconds))
         return self._signer.presign(
             "GET", row["bucket"], row["object_key"],
+            # The type sniffed from the bytes, never the client's claim, and always as an attachment.
             query={"response-content-disposition": content_disposition(row["filename"]),
-                   "response-content-type": row["content_type"]},
+                   "response-content-type": download_type(row["detected_type"])},
             expires_in=min(DOWNLOAD_URL_SECONDS, self._limits.url_expiry_seconds), now=self._clock())
 
     def set_legal_hold(self, principal: Principal, file_id: str, on: bool, actor: Actor) -> Upload:
         principal.require(ROLE_ADMIN)
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, file_id, for_update=True, admin_may_see=True)
-            if upload.status in _GONE:
+            if upload.status in GONE:
                 raise Gone(f"the file is {upload.status}; there is nothing left to hold")
             object_lock = self._set_object_legal_hold(upload, on)
             row = conn.execute("UPDATE uploads SET legal_hold = %s, updated_at = now() WHERE id = %s RETURNING *",
@@ -614,7 +612,7 @@ class UploadService:
         """Mirror the hold in S3 Object Lock where the bucket has it; the database flag is what expire obeys."""
         if upload.status == "pending":
             return "not yet an object"
-        bucket = self._storage.quarantine_bucket if upload.status in _QUARANTINED else upload.row["bucket"]
+        bucket = self._storage.quarantine_bucket if upload.status in QUARANTINED else upload.row["bucket"]
         try:
             self._s3.put_object_legal_hold(Bucket=bucket, Key=upload.row["object_key"],
                                            LegalHold={"Status": "ON" if on else "OFF"})

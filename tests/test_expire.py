@@ -123,7 +123,8 @@ class World:
                  for upload_id, key, status, storage_upload_id, created, expires, held, size in rows])
 
     def bucket_for(self, status: str) -> str:
-        return self.storage.quarantine_bucket if status in ("infected", "rejected") else self.storage.uploads_bucket
+        return self.storage.quarantine_bucket if status in ("infected", "rejected", "unscannable") \
+            else self.storage.uploads_bucket
 
     def put(self, bucket: str, key: str, data: bytes = b"x") -> None:
         self.s3.put_object(Bucket=bucket, Key=key, Body=data)
@@ -231,18 +232,19 @@ def test_files_past_retention_are_deleted_from_both_buckets_and_read_as_expired(
     clean = world.add_upload("clean")
     infected = world.add_upload("infected")  # lives in the quarantine bucket
     rejected = world.add_upload("rejected")
-    failed = world.add_upload("failed")
+    unscannable = world.add_upload("unscannable")  # lives in the quarantine bucket
+    released = world.add_upload("released")
     uploaded = world.add_upload("uploaded")
     pending = world.add_upload("pending")  # still uploading when retention ran out
     # expires_at far away (a bad value), but created 31 days ago: the retention still applies
     overdue = world.add_upload("clean", expires=world.clock.now + timedelta(days=90))
-    due = [clean, infected, rejected, failed, uploaded, pending, overdue]
+    due = [clean, infected, rejected, unscannable, released, uploaded, pending, overdue]
     world.clock.advance(days=31)
     fresh = world.add_upload("clean")  # created "now": 30 days to go
 
     summary = world.run()
 
-    assert (summary.expired, summary.abandoned, summary.error_count, summary.more_work) == (7, 0, 0, False)
+    assert (summary.expired, summary.abandoned, summary.error_count, summary.more_work) == (8, 0, 0, False)
     for row in due:
         after = world.row(row["id"])
         assert after["status"] == "expired", row["status"]

@@ -23,7 +23,7 @@ from tests.conftest import EICAR
 from tests.http import call
 from tests.test_presign import MIB, b64sha, payload, split
 
-FINAL = {"clean", "infected", "rejected", "failed"}
+FINAL = {"clean", "infected", "rejected", "unscannable"}
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ from tests.test_expire import Clock
 from tests.test_pipeline import upload, wait_for_status
 
 MIB = 1024 * 1024
-FINAL = {"clean", "infected", "rejected", "failed"}
+FINAL = {"clean", "infected", "rejected", "unscannable"}
 RECONCILE_PING_SOURCE = "/apis/v1/namespaces/dropgate/pingsources/dropgate-reconcile"
 NEVER = "0 0 30 2 *"  # February 30th: the test broker's PingSources fire only when a test asks
 PIPELINE_ATTEMPTS = 2
@@ -373,7 +373,7 @@ def test_a_deleted_object_ends_failed_after_the_attempts_and_is_never_served(pip
     assert p.sweep()["failed"] == 1
 
     shown = call("GET", f"{p.presign}/uploads/{record['id']}", token=token).json()
-    assert shown["status"] == "failed" and shown["scan_verdict"] == "failed"
+    assert shown["status"] == "unscannable" and shown["scan_verdict"] == "unscannable"
     assert shown["status_reason"] == (
         f"not scanned after {PIPELINE_ATTEMPTS} re-drives: the object is missing from storage")
     assert call("GET", f"{p.presign}/files/{record['id']}/download", token=token).status == 403
@@ -538,14 +538,14 @@ def test_a_scan_that_can_never_finish_ends_failed_after_n_attempts(stack, world,
         world.clock.advance(hours=1)
         assert world.run(max_attempts=2).failed == 1
         after = world.row(staged["id"])
-        assert (after["status"], after["scan_verdict"], after["redrive_attempts"]) == ("failed", "failed", 2)
+        assert (after["status"], after["scan_verdict"], after["redrive_attempts"]) == ("unscannable", "unscannable", 2)
         assert after["status_reason"] == "not scanned after 2 re-drives: the scan never finished"
         trail = [a for actor, a, _ in audit_actions(world.database_url, staged["id"]) if actor == "system:reconcile"]
         assert trail == ["reconcile.redriven", "reconcile.redriven", "reconcile.failed"]
         # A delivery that turns up afterwards gets the failed verdict back, with its reason, and changes nothing.
         late = deliver(url, event)
         verdict = ScanVerdict.from_cloudevent(from_http(late.headers, late.body))
-        assert (late.status, verdict.verdict, verdict.reason) == (200, "failed", after["status_reason"])
+        assert (late.status, verdict.verdict, verdict.reason) == (200, "unscannable", after["status_reason"])
         world.clock.advance(hours=1)
         assert world.run(max_attempts=2).failed == 0
     finally:

@@ -55,7 +55,7 @@ from tests.http import Reply, call
 from tests.test_presign import b64sha, payload
 
 MIB = 1024 * 1024
-FINAL = ("clean", "infected", "rejected", "failed")
+FINAL = ("clean", "infected", "rejected", "unscannable")
 RETRYABLE = {429, 500, 502, 503, 504}
 VERDICT_TIMEOUT = 240
 

@@ -10,6 +10,7 @@ import threading
 import uuid
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -18,7 +19,8 @@ import pytest
 from shared.db import create_pool
 from shared.scanner import ScannerUnavailable, StreamingClamd
 from shared.scanning import ObjectScanner
-from shared.settings import ClamdSettings, DatabaseSettings
+from shared.content import ContentPolicy
+from shared.settings import ClamdSettings, DatabaseSettings, Settings
 from shared.storage import create_s3_client
 from tests.conftest import EICAR
 
@@ -39,9 +41,12 @@ def s3(unwatched):  # noqa: ANN201
 
 
 def object_scanner(unwatched, pool, s3, address: tuple[str, int]) -> ObjectScanner:
-    clamd_settings = ClamdSettings(host=address[0], port=address[1], timeout_seconds=60, chunk_size=MIB)
+    """The scan as the function builds it: default limits and content policy, this clamd."""
+    defaults = Settings.from_env(["clamd", "content"], {})
+    clamd_settings = replace(defaults.clamd, host=address[0], port=address[1], timeout_seconds=60, chunk_size=MIB)
     return ObjectScanner(storage=unwatched, clamd=clamd_settings, pool=pool, s3=s3,
-                         scanner=StreamingClamd(address[0], address[1], timeout=60))
+                         scanner=StreamingClamd(address[0], address[1], timeout=60, limits=clamd_settings),
+                         policy=ContentPolicy.from_settings(defaults.content))
 
 
 @pytest.fixture
@@ -126,18 +131,21 @@ def test_clean_file_is_tagged_and_hashed(scanner, database_url, s3, unwatched) -
     assert actions == [("scan.verdict", "clean")]
 
 
-@pytest.mark.parametrize(("data", "content_type", "kwargs", "reason"), [
-    (b"%PDF-1.4\nhello", "application/pdf", {"sha256": "0" * 64}, "SHA-256"),
-    (PNG_HEAD, "application/pdf", {}, "image/png"),
-    (b"MZ\x90\x00" + bytes(200), "application/octet-stream", {}, "executable"),
-    (b"%PDF-1.4\nhello", "application/pdf", {"declared_size": 99}, "size"),
-    (bytes(range(256)) * 10, "text/csv", {}, "declared text/csv"),
+@pytest.mark.parametrize(("data", "content_type", "kwargs", "verdict", "reason"), [
+    # Stored bytes that are not what was declared: not the file that was meant to be scanned.
+    (b"%PDF-1.4\nhello", "application/pdf", {"sha256": "0" * 64}, "unscannable", "SHA-256"),
+    (b"%PDF-1.4\nhello", "application/pdf", {"declared_size": 99}, "unscannable", "99 were declared"),
+    # The content policy refusing the real type.
+    (PNG_HEAD, "application/pdf", {}, "rejected", "image/png"),
+    (b"MZ\x90\x00" + bytes(200), "application/octet-stream", {}, "rejected", "executable"),
+    (bytes(range(256)) * 10, "text/csv", {}, "rejected", "declared text/csv"),
 ])
-def test_mismatches_end_rejected(scanner, database_url, s3, unwatched, data, content_type, kwargs, reason) -> None:
+def test_mismatches_end_not_clean_and_quarantined(scanner, database_url, s3, unwatched, data, content_type, kwargs,
+                                                  verdict, reason) -> None:
     upload_id, key = stage(database_url, s3, unwatched, data, content_type=content_type, **kwargs)
     result = scanner.scan(unwatched.uploads_bucket, key, event_id=f"e-{upload_id}")
-    assert result.verdict == "rejected" and reason in result.detail
-    assert upload_row(database_url, upload_id)["status"] == "rejected"
+    assert result.verdict == verdict and reason in result.detail, result.detail
+    assert upload_row(database_url, upload_id)["status"] == verdict
     assert where_is(s3, unwatched, key) == {unwatched.quarantine_bucket}
 
 
@@ -271,8 +279,8 @@ def test_storage_lost_mid_download_writes_no_verdict(unwatched, pool, s3, databa
     assert result.verdict == "clean"
 
 
-def test_stream_limit_ends_failed_never_clean(stack, unwatched, pool, s3, database_url) -> None:
-    """clamd with a StreamMaxLength below the object: policy says failed."""
+def test_stream_limit_ends_unscannable_never_clean(stack, unwatched, pool, s3, database_url) -> None:
+    """clamd with a StreamMaxLength below the object: not fully scanned, so unscannable."""
     from dropgate_local import clamav
     from dropgate_local.processes import free_port
 
@@ -280,14 +288,15 @@ def test_stream_limit_ends_failed_never_clean(stack, unwatched, pool, s3, databa
     run_dir = stack.data_dir / "clamav" / "small"
     conf = clamav.write_clamd_conf(run_dir / "clamd.conf", db_dir=stack.data_dir / "clamav" / "db", host="127.0.0.1",
                                    port=port, pid_file=run_dir / "clamd.pid", temp_dir=run_dir,
-                                   stream_max_length_mb=1)
+                                   limits=replace(clamav.default_limits(), stream_max_length=MIB))
     child = stack._start("clamd-small-limit", clamav.clamd_command(conf))  # noqa: SLF001 - test-only clamd
     try:
         child.wait_until(lambda: _pong(port), timeout=120)
         upload_id, key = stage(database_url, s3, unwatched, bytes(3 * MIB))
         result = object_scanner(unwatched, pool, s3, ("127.0.0.1", port)).scan(unwatched.uploads_bucket, key, "big")
-        assert result.verdict == "failed" and "limit" in result.detail.lower()
-        assert upload_row(database_url, upload_id)["status"] == "failed"
+        assert result.verdict == "unscannable" and "stream limit" in result.detail.lower(), result.detail
+        assert upload_row(database_url, upload_id)["status"] == "unscannable"
+        assert where_is(s3, unwatched, key) == {unwatched.quarantine_bucket}
     finally:
         child.stop()
 

@@ -60,7 +60,10 @@ def s3(buckets):  # noqa: ANN201
 def presign(stack, database_url, buckets, idp) -> str:  # noqa: F811 - the imported fixture
     port = free_port()
     env = {**presign_env(idp), **BUCKETS, "DROPGATE_RATE_LIMIT_PER_MINUTE": "100000",
-           "DROPGATE_MAX_OPEN_UPLOADS": "1000", "DROPGATE_MAX_BYTES_PER_DAY": "100000GiB"}
+           "DROPGATE_MAX_OPEN_UPLOADS": "1000", "DROPGATE_MAX_BYTES_PER_DAY": "100000GiB",
+           # Executables allowed here, so the filename sanitiser below still sees hostile `.exe` names;
+           # the default deny-list refusing them at create is tests/test_content_policy_presign.py.
+           "DROPGATE_DENIED_CONTENT": "script,active-markup,java"}
     child = stack.start_function("presign", port=port, extra_env=env, label="presign-security")
     yield f"http://127.0.0.1:{port}"
     child.stop()

@@ -89,3 +89,38 @@ def test_parse_size(raw, expected):
 def test_required_variables_lists_what_a_function_cannot_start_without():
     assert required_variables(["database", "clamd"]) == ["DATABASE_URL"]
     assert "DROPGATE_OIDC_JWKS_URL" in required_variables(["auth"])
+
+
+def test_content_section_defaults_allow_everything_and_deny_programs_and_active_markup():
+    content = Settings.from_env(["content"], {}).content
+    assert content.allowed_content_types == ("*",)
+    assert content.denied_content == {"executable", "script", "active-markup", "java"}
+    blank = Settings.from_env(["content"], {"DROPGATE_ALLOWED_CONTENT_TYPES": "", "DROPGATE_DENIED_CONTENT": " "})
+    assert blank.content == content  # an empty ConfigMap value means the default
+
+
+def test_content_section_reads_patterns_and_kinds():
+    content = Settings.from_env(["content"], {"DROPGATE_ALLOWED_CONTENT_TYPES": "image/*, Application/PDF",
+                                              "DROPGATE_DENIED_CONTENT": "Executable,java"}).content
+    assert content.allowed_content_types == ("image/*", "application/pdf")
+    assert content.denied_content == {"executable", "java"}
+    assert Settings.from_env(["content"], {"DROPGATE_DENIED_CONTENT": "none"}).content.denied_content == frozenset()
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("DROPGATE_ALLOWED_CONTENT_TYPES", "image", "image: expected comma-separated patterns"),
+    ("DROPGATE_ALLOWED_CONTENT_TYPES", "image/*,*/*", "*/*: expected"),
+    ("DROPGATE_ALLOWED_CONTENT_TYPES", "image/png;q=1", "image/png;q=1: expected"),
+    ("DROPGATE_ALLOWED_CONTENT_TYPES", ",", "empty: expected"),
+    ("DROPGATE_DENIED_CONTENT", "executable,macros", "macros: expected some of executable, script, active-markup, "
+                                                     "java, or none"),
+    ("DROPGATE_DENIED_CONTENT", "none,script", "none: expected some of"),
+])
+def test_content_section_problems_name_the_variable(name, value, words):
+    found = problems(["content"], {name: value})
+    assert len(found) == 1 and found[0].startswith(f"{name}: ") and words in found[0], found
+
+
+def test_limits_no_longer_carry_content_types():
+    limits = Settings.from_env(["limits"], {"DROPGATE_ALLOWED_CONTENT_TYPES": "image/*"}).limits
+    assert not hasattr(limits, "allowed_content_types")

@@ -14,15 +14,19 @@ import functions_framework
 from events.emit import EventSink
 from shared import companion, tracing
 from shared.audit import Actor
-from shared.auth import TOKEN_COOKIE, Principal, TokenVerifier
-from shared.errors import BadRequest
+from shared.auth import ROLE_ADMIN, TOKEN_COOKIE, Principal, TokenVerifier
+from shared.content import ContentPolicy
+from shared.errors import BadRequest, NotFound
 from shared.instance import FunctionInstance
 from shared.sigv4 import PresignSigner
-from shared.uploads import CompletedPart, NewUpload, PartRequest, UploadService
+from shared.uploads import CompletedPart, NewUpload, PartRequest, Upload, UploadService
+from shared.verdicts import VerdictAdmin
 from shared.web import HttpApp, Route, json_response, read_json
 
-instance = FunctionInstance("presign", ["storage", "database", "auth", "limits", "events", "observability"])
+instance = FunctionInstance("presign", ["storage", "database", "auth", "limits", "content", "events",
+                                        "observability"])
 settings = instance.settings
+content_policy = ContentPolicy.from_settings(settings.content)
 verifier = TokenVerifier(settings.auth)
 signer = PresignSigner(endpoint_url=settings.storage.public_endpoint_url or "https://s3.amazonaws.com",
                        access_key_id=settings.storage.access_key_id,
@@ -38,12 +42,17 @@ def service() -> UploadService:
     # Built on first use, in the serving worker (see shared.instance).
     return instance.once("uploads", lambda: UploadService(
         storage=settings.storage, limits=settings.limits, pool=instance.db, s3=instance.s3, signer=signer,
-        announce=announce_completion if settings.events.emit_on_complete else None))
+        content=content_policy, announce=announce_completion if settings.events.emit_on_complete else None))
 
 
 def announce_completion(event) -> None:
     sink = instance.once("sink", lambda: EventSink(settings.events.sink_url, timeout=ANNOUNCE_TIMEOUT_SECONDS))
     sink.send(event.to_cloudevent())
+
+
+def verdict_admin() -> VerdictAdmin:
+    return instance.once("verdicts", lambda: VerdictAdmin(storage=settings.storage, pool=instance.db, s3=instance.s3,
+                                                          event_source=f"{settings.events.source}/presign"))
 
 
 def caller(request: flask.Request) -> tuple[Principal, Actor]:
@@ -110,6 +119,44 @@ def legal_hold(request, file_id):
     if not isinstance(on, bool):
         raise BadRequest("on: required, true or false")
     return json_response(200, service().set_legal_hold(principal, file_id, on, actor).public())
+
+
+# -- admin (role admin; every decision audited: shared/verdicts.py) --
+
+def admin_caller(request: flask.Request) -> Actor:
+    principal, actor = caller(request)
+    principal.require(ROLE_ADMIN)
+    return actor
+
+
+def admin_release(request, file_id):
+    actor = admin_caller(request)
+    released = verdict_admin().release(file_id, actor, read_json(request).get("reason"))
+    return json_response(200, Upload(released).public())
+
+
+def admin_blocklist(request):
+    admin_caller(request)
+    return json_response(200, {"blocklist": [entry.public() for entry in verdict_admin().listed(_limit(request))]})
+
+
+def admin_block(request):
+    actor = admin_caller(request)
+    body = read_json(request)
+    added, events = verdict_admin().block(body.get("sha256"), body.get("reason"), actor)
+    if events and settings.events.sink_url:
+        sink = instance.once("admin-sink", lambda: EventSink(settings.events.sink_url))
+        for event in events:
+            sink.send(event.to_cloudevent())
+    return json_response(201 if added else 200, {"sha256": body["sha256"].strip().lower(), "added": added,
+                                                 "quarantined": [str(event.upload_id) for event in events]})
+
+
+def admin_unblock(request, sha256):
+    actor = admin_caller(request)
+    if not verdict_admin().unblock(sha256, actor):
+        raise NotFound(f"{sha256} is not on the blocklist")
+    return json_response(200, {"sha256": sha256, "removed": True})
 
 
 def openapi(_request):
@@ -181,6 +228,10 @@ app = HttpApp(
         Route("GET", "/files", list_files),
         Route("GET", "/files/{file_id}/download", download_file),
         Route("PUT", "/files/{file_id}/legal-hold", legal_hold),
+        Route("POST", "/admin/files/{file_id}/release", admin_release),
+        Route("GET", "/admin/blocklist", admin_blocklist),
+        Route("POST", "/admin/blocklist", admin_block),
+        Route("DELETE", "/admin/blocklist/{sha256}", admin_unblock),
         Route("GET", "/openapi.json", openapi),
         Route("POST", "/s3/multipart", companion_create),
         Route("GET", "/s3/multipart/{storage_upload_id}/batch", companion_batch_sign),

@@ -3,7 +3,8 @@
 Each `dev.knative.sources.ping` runs one bounded pass (shared/reconcile.py; docs/reconcile.md):
 uploads whose storage notification seems lost get their canonical "object created" CloudEvent
 re-emitted to K_SINK (the broker routes it to scan and metadata as storage's own would be), and
-uploads whose re-drives are spent are marked failed. The answer is 200 with the pass's summary
+uploads whose re-drives are spent are marked unscannable; when clamd's signature database
+advanced, recent clean files are asked to be scanned again (shared/rescan.py). The answer is 200 with the pass's summary
 as JSON (not a CloudEvent, so the broker drops it). A malformed or foreign event answers 400
 (dead-letter sink); the database, storage or the sink being down answers 503, and the broker's
 redelivery runs a pass that picks the same uploads again.
@@ -18,11 +19,13 @@ import functions_framework
 from events.types import Ping
 from shared.instance import FunctionInstance
 from shared.reconcile import ReconcileBounds, run_reconcile
+from shared.rescan import request_rescans
 from shared.web import CloudEventApp, json_response
 
 TASK = "reconcile"  # the PingSource's data, {"task": "reconcile"}; a ping without data is a tick too
 
-instance = FunctionInstance("reconcile", ["storage", "database", "events", "reconcile", "observability"])
+# clamd: only its VERSION, to tell when signatures advanced (never a readiness dependency: see below).
+instance = FunctionInstance("reconcile", ["storage", "database", "clamd", "events", "reconcile", "observability"])
 settings = instance.settings
 bounds = ReconcileBounds(
     grace=timedelta(seconds=settings.reconcile.grace_seconds),
@@ -35,10 +38,14 @@ def run_pass(event):
     ping = Ping.for_task(event, TASK)  # anything else is an InvalidEvent: 400
     summary = run_reconcile(instance.db, instance.s3, settings.storage, publish=instance.publish, trigger=ping.id,
                             bounds=bounds)
-    return json_response(200, summary.as_dict())
+    rescans = request_rescans(instance.db, instance.scanner, instance.sink.send_all, days=settings.reconcile.rescan_days,
+                              max_per_run=settings.reconcile.rescan_max_per_run)
+    return json_response(200, {**summary.as_dict(), "rescans": rescans.as_dict()})
 
 
-app = CloudEventApp(run_pass, health_checks=instance.health_checks())
+# Lost notifications must be re-driven even while clamd is down: clamd is not a readiness check here.
+app = CloudEventApp(run_pass, health_checks={name: check for name, check in instance.health_checks().items()
+                                             if name != "clamd"})
 
 
 @functions_framework.http

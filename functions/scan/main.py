@@ -1,7 +1,9 @@
 """scan: streams each uploaded object through clamd, records one verdict, replies with it.
 
 Triggered by "object created" CloudEvents of the uploads bucket. The reply is a
-`dev.dropgate.scan.<verdict>` CloudEvent, which the broker routes onwards.
+`dev.dropgate.scan.<verdict>` CloudEvent, which the broker routes onwards. A rescan after a
+signature update (the reconcile pass sets `dropgatesigversion`) replies only when it finds
+something.
 Run: functions-framework --source functions/scan/main.py --target handle
 """
 
@@ -10,40 +12,45 @@ import uuid
 import functions_framework
 
 from events.types import ObjectCreated, ScanVerdict
+from shared.content import ContentPolicy
 from shared.instance import FunctionInstance
-from shared.scanning import ObjectScanner, ScanResult
+from shared.scanning import RESCAN_EXTENSION, SIGNATURE_RESCAN_EXTENSION, ObjectScanner, ScanResult
 from shared.web import CloudEventApp
 
-instance = FunctionInstance("scan", ["storage", "database", "clamd", "events", "observability"])
+instance = FunctionInstance("scan", ["storage", "database", "clamd", "content", "events", "observability"])
 settings = instance.settings
+policy = ContentPolicy.from_settings(settings.content)
 
 
 def object_scanner() -> ObjectScanner:
     return instance.once("object_scanner", lambda: ObjectScanner(
-        storage=settings.storage, clamd=settings.clamd, pool=instance.db, s3=instance.s3, scanner=instance.scanner))
-
-
-# Set by `dropgate-dev rescan` (docs/operations.md) on the ObjectCreated event it re-emits.
-RESCAN_EXTENSION = "dropgaterescan"
+        storage=settings.storage, clamd=settings.clamd, pool=instance.db, s3=instance.s3, scanner=instance.scanner,
+        policy=policy))
 
 
 def verdict_event(result: ScanResult, rescan: str | None = None) -> ScanVerdict:
     # One verdict per upload, so one id: a duplicate delivery replies with the same event. A rescan
     # is a new verdict, so it gets an id of its own (subscribers that drop seen ids still see it).
+    if result.rescan:
+        event_id = f"{result.upload_id}.rescan.v{result.signature_version}"
+    else:
+        event_id = f"{result.upload_id}.rescan.{rescan}" if rescan else f"{result.upload_id}.scan"
     return ScanVerdict(
-        id=f"{result.upload_id}.rescan.{rescan}" if rescan else f"{result.upload_id}.scan",
-        source=f"{settings.events.source}/scan", time=result.scanned_at,
-        upload_id=uuid.UUID(result.upload_id), verdict=result.verdict, bucket=result.bucket, key=result.key, size=result.size,
-        sha256=result.sha256, detected_type=result.detected_type,
+        id=event_id, source=f"{settings.events.source}/scan", time=result.scanned_at,
+        upload_id=uuid.UUID(result.upload_id), verdict=result.verdict, bucket=result.bucket, key=result.key,
+        size=result.size, sha256=result.sha256, detected_type=result.detected_type,
         signature=result.detail if result.verdict == "infected" else None,
-        reason=result.detail if result.verdict in ("rejected", "failed") else None)
+        reason=result.detail if result.verdict != "clean" else None,
+        signature_version=result.signature_version, rescan=result.rescan)
 
 
 def scan_event(event):
     created = ObjectCreated.from_cloudevent(event)
     if created.bucket != settings.storage.uploads_bucket:
         return None  # quarantine copies and foreign buckets are not scanned
-    result = object_scanner().scan(created.bucket, created.key, event_id=created.id)
+    wanted = event.get(SIGNATURE_RESCAN_EXTENSION)
+    result = object_scanner().scan(created.bucket, created.key, event_id=created.id,
+                                   rescan_for_version=int(wanted) if str(wanted or "").isdigit() else None)
     return None if result is None else verdict_event(result, event.get(RESCAN_EXTENSION)).to_cloudevent()
 
 
