@@ -8,7 +8,9 @@
 Operator commands (local-dev/ops.py, docs/operations.md):
     dropgate-dev history <upload-id>              row + audit trail + storage now + broker deliveries
     dropgate-dev replay-dead-letters              re-post dead-lettered events to the broker
-    dropgate-dev rescan <upload-id>               scan a clean/failed file again (audited)
+    dropgate-dev rescan <upload-id>               scan a clean/unscannable file again (audited)
+    dropgate-dev release <upload-id> --reason R   let an unscannable/rejected file be downloaded (audited)
+    dropgate-dev blocklist list|add|remove        the known-bad SHA-256 list (audited)
     dropgate-dev expire-now                       run the expire pass now
 """
 

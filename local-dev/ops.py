@@ -2,7 +2,9 @@
 
     dropgate-dev history <upload-id>        the row, the audit trail, what storage holds now, the broker's deliveries
     dropgate-dev replay-dead-letters        re-post dead-lettered events to the broker (same ids: consumers dedupe)
-    dropgate-dev rescan <upload-id>         scan a clean/failed file again (after a signature update), audited
+    dropgate-dev rescan <upload-id>         scan a clean/unscannable file again (after a signature update), audited
+    dropgate-dev release <upload-id>        let an unscannable/rejected file be downloaded (--reason), audited
+    dropgate-dev blocklist list|add|remove  the known-bad SHA-256 list; add quarantines stored files, audited
     dropgate-dev expire-now                 run the expire pass now (the dropgate-expire PingSource)
 
 Where they connect: with a local stack (`<data-dir>/stack.json` exists) to its database,
