@@ -10,12 +10,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# pyproject.toml declares the packages shared, events and dropgate_local (local-dev/); all are
-# needed for `pip install .` to build. Runtime dependencies only: no extras.
+# The product only: the event contract (events/) and the library (shared/). The local stack and
+# dev auth (local-dev/, the dropgate-dev project) never enter the image. Runtime dependencies only.
 COPY pyproject.toml README.md LICENSE ./
 COPY shared ./shared
 COPY events ./events
-COPY local-dev ./local-dev
 RUN /opt/venv/bin/pip install . \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 COPY functions /app/functions

@@ -22,7 +22,7 @@ from cloudevents.conversion import to_binary
 from dropgate_local.processes import free_port
 from dropgate_local.stack import HOST, LocalStack
 from events.types import Ping
-from shared.storage import create_s3_client
+from shared.platform.storage import create_s3_client
 
 
 class _AcceptingSink(http.server.BaseHTTPRequestHandler):

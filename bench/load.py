@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from dropgate_local.stack import HOST, LocalStack
-from shared.storage import create_s3_client
+from shared.platform.storage import create_s3_client
 
 MIB = 1024 * 1024
 

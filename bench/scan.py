@@ -30,7 +30,7 @@ from cloudevents.conversion import to_binary
 from dropgate_local.processes import PeakRss, free_port, serving_worker
 from dropgate_local.stack import LocalStack, StackPorts
 from events.types import ObjectCreated
-from shared.storage import create_s3_client
+from shared.platform.storage import create_s3_client
 
 MIB = 1024 * 1024
 

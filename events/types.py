@@ -32,7 +32,7 @@ from cloudevents.http import CloudEvent
 SPEC_VERSION: Final = "1.0"
 JSON_CONTENT_TYPE: Final = "application/json"
 BUCKET_EXTENSION: Final = "bucket"
-# CloudEvents distributed-tracing extension (W3C trace context of the event; shared/tracing.py).
+# CloudEvents distributed-tracing extension (W3C trace context of the event; shared/platform/tracing.py).
 TRACEPARENT_EXTENSION: Final = "traceparent"
 
 # -- storage (CloudEvents AWS S3 adapter) --
@@ -223,7 +223,7 @@ class StorageObjectEvent:
     time: datetime
     size: int | None = None  # bytes; removals often do not say
     etag: str | None = None  # without quotes; a multipart ETag ends in "-<parts>"
-    sequencer: str | None = None  # hex; orders events of one key (see shared.metadata.is_newer)
+    sequencer: str | None = None  # hex; orders events of one key (see shared.uploads.storage_facts.is_newer)
     content_type: str | None = None
     version_id: str | None = None  # only on versioned buckets
     # The trace this event continues: the object's x-amz-meta-traceparent (the upload's trace), as the

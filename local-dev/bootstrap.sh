@@ -2,7 +2,7 @@
 # Installs what the local stack and the tests need on a Debian machine, then the
 # project into .venv. Idempotent: a second run only checks and returns.
 #   - Debian packages: clamav-daemon (clamd), clamav-testfiles (real test samples)
-#   - Python >= 3.11 with venv, and the project with its dev and test extras from PyPI
+#   - Python >= 3.11 with venv; the project with its test extra, and local-dev/ (dropgate-dev), from PyPI
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -42,12 +42,14 @@ fi
 
 # Only reinstall the project when its dependency list changed.
 stamp=".venv/.dropgate-installed"
-wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+wanted="$(cat pyproject.toml local-dev/pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "bootstrap: installing the project into .venv"
   [ -x .venv/bin/python ] || "$python" -m venv .venv
   .venv/bin/python -m pip install -qq --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -qq --disable-pip-version-check -e '.[test]'
+  # The local stack, dev auth and operator CLI: a project of its own, never in the product image.
+  .venv/bin/python -m pip install -qq --disable-pip-version-check -e ./local-dev
   echo "$wanted" > "$stamp"
 fi
 

@@ -26,7 +26,13 @@ from pathlib import Path
 
 from dropgate_local import ops
 from dropgate_local.processes import StartupError
-from dropgate_local.stack import DEFAULT_DATA_DIR, FUNCTIONS, HOST, LocalStack, StackPorts
+from dropgate_local.stack import (
+    DEFAULT_DATA_DIR,
+    FUNCTIONS,
+    HOST,
+    LocalStack,
+    StackPorts,
+)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -104,7 +110,7 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _migrate(_args: argparse.Namespace) -> int:
-    from shared.migrate import main as migrate_main
+    from shared.platform.migrate import main as migrate_main
 
     return migrate_main()
 

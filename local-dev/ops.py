@@ -36,14 +36,14 @@ from botocore.exceptions import ClientError
 from cloudevents.http import CloudEvent, from_http
 from psycopg.rows import dict_row
 
-from events.emit import EventSink
 from events.types import ObjectCreated, Ping
-from shared import audit, tracing
-from shared.audit import Actor
-from shared.errors import ApiError
-from shared.scanning import RESCAN_EXTENSION
-from shared.settings import Settings
-from shared.status import UploadStatus
+from shared.platform import audit, tracing
+from shared.platform.audit import Actor
+from shared.platform.delivery import EventSink
+from shared.platform.errors import ApiError
+from shared.platform.settings import Settings
+from shared.scanning.service import RESCAN_EXTENSION
+from shared.uploads.model import UploadStatus
 
 EXPIRE_PINGSOURCE: Final = "dropgate-expire"
 RESCAN_EVENT_SOURCE: Final = "dropgate:ops"  # the "eventSource" of re-emitted storage events: not storage's
@@ -122,7 +122,7 @@ def upload_history(target: Target, upload_id: str) -> dict[str, Any]:
         event_ids = [entry["detail"].get("event_id") for entry in trail if entry["detail"].get("event_id")]
         processed = conn.execute("SELECT consumer, event_id, event_type, outcome, processed_at FROM processed_events"
                                  " WHERE event_id = ANY(%s) ORDER BY processed_at", (event_ids,)).fetchall()
-    from shared.storage import create_s3_client
+    from shared.platform.storage import create_s3_client
 
     s3 = create_s3_client(settings.storage, max_attempts=1)
     storage = [_object_state(s3, bucket, row["object_key"])
@@ -311,7 +311,7 @@ def rescan(target: Target, upload_id: str, actor: Actor, reason: str) -> dict[st
     if not target.broker_url:
         raise OpsError("no broker to send the event to: set K_SINK or pass --broker")
     settings = target.settings("storage", "database")
-    from shared.storage import create_s3_client
+    from shared.platform.storage import create_s3_client
 
     s3 = create_s3_client(settings.storage, max_attempts=1)
     rescan_id = uuid.uuid4().hex[:16]
@@ -414,10 +414,10 @@ def _run_rescan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verdict_admin(target: Target):  # noqa: ANN202 - shared.verdicts.VerdictAdmin, on a small pool of its own
-    from shared.db import create_pool
-    from shared.storage import create_s3_client
-    from shared.verdicts import VerdictAdmin
+def _verdict_admin(target: Target):  # noqa: ANN202 - shared.scanning.verdicts.VerdictAdmin, on a small pool of its own
+    from shared.platform.db import create_pool
+    from shared.platform.storage import create_s3_client
+    from shared.scanning.verdicts import VerdictAdmin
 
     settings = target.settings("storage", "database")
     return VerdictAdmin(storage=settings.storage, pool=create_pool(settings.database),

@@ -56,9 +56,21 @@ import yaml
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_http
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
 
-from events.routing import PING_EVENT_TYPE, PingSchedule, RoutingTable, TriggerRoute, backoff_delays, should_retry
+from dropgate_local.routing import (
+    PING_EVENT_TYPE,
+    PingSchedule,
+    RoutingTable,
+    TriggerRoute,
+    backoff_delays,
+    should_retry,
+)
 
 SOURCE_DIR = Path(os.environ.get("DROPGATE_SOURCE_DIR", Path(__file__).resolve().parents[1]))
 DEFAULT_MANIFESTS = SOURCE_DIR / "manifests" / "overlays" / "dev"

@@ -103,7 +103,7 @@ def mini_command(weed_bin: str, *, data_dir: Path, config_dir: Path, ports: Seaw
         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-        # Buckets are created (with CORS and lifecycle) by shared.storage.set_up_buckets, as in
+        # Buckets are created (with CORS and lifecycle) by shared.platform.storage.set_up_buckets, as in
         # production; a write to a bucket that does not exist must fail as it does on MinIO.
         "-s3.autoCreateBucket=false",
     ]

@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dropgate_local import clamav, seaweed
-from dropgate_local.devauth import DEV_AUDIENCE, DevSigningKey, issuer_url, jwks_url, token_url
+from dropgate_local.devauth import (
+    DEV_AUDIENCE,
+    DevSigningKey,
+    issuer_url,
+    jwks_url,
+    token_url,
+)
 from dropgate_local.postgres import EmbeddedPostgres
 from dropgate_local.processes import ChildProcess, StartupError, free_port, http_ok
 
@@ -112,7 +118,7 @@ class LocalStack:
 
     def start_postgres(self) -> str:
         """DATABASE_URL when set, else the embedded server; the schema is migrated either way."""
-        from shared.migrate import apply_migrations
+        from shared.platform.migrate import apply_migrations
 
         self.database_url = os.environ.get("DATABASE_URL") or None
         if self.database_url is None:
@@ -140,7 +146,7 @@ class LocalStack:
         child.wait_until(self.clamd_answers, timeout=120)
 
     def clamd_answers(self) -> bool:
-        from shared.scanner import StreamingClamd
+        from shared.platform.clamd import StreamingClamd
 
         try:
             return StreamingClamd(HOST, self.ports.clamd, timeout=2).ping() == "PONG"
@@ -168,7 +174,7 @@ class LocalStack:
         child.wait_until(lambda: http_ok(f"http://{HOST}:{self.ports.router}/healthz"), timeout=30)
 
     def start_storage(self, *, webhook: bool = True) -> None:
-        from shared.storage import set_up_buckets
+        from shared.platform.storage import set_up_buckets
 
         config_dir = self.data_dir / "seaweedfs" / "config"
         weed_data = self.data_dir / "seaweedfs" / "data"
@@ -191,8 +197,8 @@ class LocalStack:
                     raise StartupError(f"SeaweedFS did not start; last log lines:\n{child.tail()}") from None
         set_up_buckets(self.storage_settings())
 
-    def storage_settings(self):  # noqa: ANN201 - shared.settings.StorageSettings
-        from shared.settings import Settings
+    def storage_settings(self):  # noqa: ANN201 - shared.platform.settings.StorageSettings
+        from shared.platform.settings import Settings
 
         return Settings.from_env(["storage"], self.function_env()).storage
 

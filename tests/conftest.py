@@ -80,7 +80,7 @@ UNWATCHED_ENV = {"DROPGATE_UPLOADS_BUCKET": "unwatched-uploads", "DROPGATE_QUARA
 def unwatched(storage):  # noqa: ANN201 - StorageSettings
     from dataclasses import replace
 
-    from shared.storage import set_up_buckets
+    from shared.platform.storage import set_up_buckets
 
     settings = replace(storage, uploads_bucket=UNWATCHED_ENV["DROPGATE_UPLOADS_BUCKET"],
                        quarantine_bucket=UNWATCHED_ENV["DROPGATE_QUARANTINE_BUCKET"])

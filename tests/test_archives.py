@@ -1,4 +1,4 @@
-"""shared.archives: the archive limits clamd stops at, on archives built here.
+"""shared.scanning.archives: the archive limits clamd stops at, on archives built here.
 
 The 1.2 GB entries are real deflate streams of zeros (about 1.2 MB), made fast by repeating one
 full-flushed deflate block; the boundaries are checked against Debian's clamscan itself.
@@ -24,7 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.archives import ArchiveLimits, NotFullyScannable, S3RangeReader, inspect
+from shared.scanning.archives import (
+    ArchiveLimits,
+    NotFullyScannable,
+    S3RangeReader,
+    inspect,
+)
 from tests.conftest import EICAR
 
 MIB = 1 << 20
@@ -402,7 +407,7 @@ def test_inspect_flags_exactly_what_clamscan_does_not_fully_scan(build, limits, 
 
 @pytest.fixture
 def s3_object(unwatched):
-    from shared.storage import create_s3_client
+    from shared.platform.storage import create_s3_client
 
     client = create_s3_client(unwatched)
     created = []

@@ -23,10 +23,17 @@ from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from dropgate_local.stack import HOST, UPLOADS_BUCKET, LocalStack
 from dropgate_local.webserver import DIST_DIR, BundleMissing, check_bundle
-from shared.storage import create_s3_client
+from shared.platform.storage import create_s3_client
 from tests.browser.relay import RecordingRelay
-from tests.browser.uploader_page import (CHROMIUM, NetworkLog, UploaderPage, chromium, sha256_of, wait_until,
-                                         write_payload)
+from tests.browser.uploader_page import (
+    CHROMIUM,
+    NetworkLog,
+    UploaderPage,
+    chromium,
+    sha256_of,
+    wait_until,
+    write_payload,
+)
 from tests.conftest import EICAR
 from tests.http import call
 

@@ -1,4 +1,4 @@
-"""The content policy (shared/content.py): sniffing real magic bytes, script in markup, and the two checks."""
+"""The content policy (shared/scanning/content_policy.py): sniffing real magic bytes, script in markup, and the two checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import zlib
 
 import pytest
 
-from shared.content import (
+from shared.platform.settings import Settings
+from shared.scanning.content_policy import (
     JAR,
     SNIFF_BYTES,
     ActiveMarkup,
@@ -19,7 +20,6 @@ from shared.content import (
     looks_like_jar,
     sniff,
 )
-from shared.settings import Settings
 
 # -- real headers, built the way each format's specification lays them out --
 

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dropgate_local.processes import free_port
-from shared.settings import Settings, SettingsError, StorageSettings
-from shared.storage import create_s3_client, ensure_bucket, sse_arguments
+from shared.platform.settings import Settings, SettingsError, StorageSettings
+from shared.platform.storage import create_s3_client, ensure_bucket, sse_arguments
 from tests.conftest import EICAR
 from tests.http import call
 from tests.test_pipeline import FINAL, dev_token, upload, wait_for_status  # noqa: F401 - fixture

@@ -5,13 +5,22 @@ from uuid import UUID
 
 import jsonschema
 import pytest
-from cloudevents.http import CloudEvent, from_http
 from cloudevents.conversion import to_structured
+from cloudevents.http import CloudEvent, from_http
 
 from events import types
-from events.emit import to_http
-from events.types import (InvalidEvent, MetadataRecorded, ObjectCreated, ObjectRemoved, Ping, ScanVerdict,
-                          StorageObjectEvent, UploadEnded, load_schema)
+from events.types import (
+    InvalidEvent,
+    MetadataRecorded,
+    ObjectCreated,
+    ObjectRemoved,
+    Ping,
+    ScanVerdict,
+    StorageObjectEvent,
+    UploadEnded,
+    load_schema,
+)
+from shared.platform.delivery import to_http
 
 UPLOAD = UUID("0b7f9a3e-2222-4222-8333-444455556666")
 WHEN = datetime(2026, 11, 25, 12, 0, 5, 412000, tzinfo=UTC)

@@ -29,14 +29,14 @@ from pytest_localserver.http import WSGIServer
 from werkzeug.wrappers import Request
 
 from dropgate_local.processes import ChildProcess, free_port
-from events.emit import EventSink
 from events.types import ObjectCreated, Ping, UploadEnded
-from shared.db import create_pool
-from shared.errors import DependencyUnavailable
-from shared.migrate import apply_migrations
-from shared.retention import RetentionBounds, RetentionJob, RetentionSummary
-from shared.settings import DatabaseSettings, StorageSettings
-from shared.storage import create_s3_client, set_up_buckets
+from shared.platform.db import create_pool
+from shared.platform.delivery import EventSink
+from shared.platform.errors import DependencyUnavailable
+from shared.platform.migrate import apply_migrations
+from shared.platform.settings import DatabaseSettings, StorageSettings
+from shared.platform.storage import create_s3_client, set_up_buckets
+from shared.retention.expiry import RetentionBounds, RetentionJob, RetentionSummary
 from tests.http import Reply, call
 
 MIB = 1024 * 1024

@@ -125,6 +125,6 @@ def test_the_fuzz_left_nothing_half_created(target: FuzzTarget, database_url, s3
 
 @pytest.fixture(scope="module")
 def s3_client(unwatched):  # noqa: ANN201
-    from shared.storage import create_s3_client
+    from shared.platform.storage import create_s3_client
 
     return create_s3_client(unwatched)

@@ -24,8 +24,18 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from events.routing import PING_EVENT_TYPE, CronSchedule, RoutingTable, parse_iso8601_duration
-from shared.settings import Settings, SettingsError, parse_size, required_variables
+from dropgate_local.routing import (
+    PING_EVENT_TYPE,
+    CronSchedule,
+    RoutingTable,
+    parse_iso8601_duration,
+)
+from shared.platform.settings import (
+    Settings,
+    SettingsError,
+    parse_size,
+    required_variables,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO.parent / "shared" / "schemas"
@@ -159,7 +169,7 @@ class _RecordingEnviron(dict):
 
 @functools.cache
 def variables_read(sections: tuple[str, ...]) -> frozenset[str]:
-    """Every environment variable shared.settings reads for these sections."""
+    """Every environment variable shared.platform.settings reads for these sections."""
     environ = _RecordingEnviron()
     with contextlib.suppress(SettingsError):  # the required ones are missing on purpose
         Settings.from_env(sections, environ)
@@ -168,7 +178,9 @@ def variables_read(sections: tuple[str, ...]) -> frozenset[str]:
 
 @functools.cache
 def all_settings_variables() -> frozenset[str]:
-    from shared.settings import _SECTIONS  # the section registry; read-only use
+    from shared.platform.settings import (
+        _SECTIONS,  # the section registry; read-only use
+    )
 
     return variables_read(tuple(_SECTIONS))
 
@@ -348,11 +360,13 @@ def test_dockerfile_builds_a_runtime_only_non_root_image() -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in text
     cmd = next(line for line in instructions if line.startswith("CMD"))
     assert "functions_framework" in cmd and "FUNCTION_SOURCE" in cmd and "FUNCTION_TARGET" in cmd and "PORT" in cmd
-    for needed in ("pyproject.toml", "shared", "events", "local-dev", "functions"):
+    for needed in ("pyproject.toml", "shared", "events", "functions"):
         assert re.search(rf"^COPY .*\b{re.escape(needed)}\b", text, re.M), f"{needed} is not copied"
     ignored = (REPO / ".dockerignore").read_text().splitlines()
-    for needed in ("pyproject.toml", "shared/", "events/", "local-dev/", "functions/"):
+    for needed in ("pyproject.toml", "shared/", "events/", "functions/"):
         assert f"!{needed}" in ignored or "*" not in ignored, f".dockerignore leaves out {needed}"
+    # The product image contains the product: the local stack and dev auth stay out (issue 17).
+    assert not re.search(r"^COPY .*local-dev", text, re.M) and "!local-dev/" not in ignored and "*" in ignored
     # Knative Services and Jobs run this user on a read-only root filesystem with /tmp writable.
     assert f"runAsUser: {uid}" in _render_text("prod")
 
@@ -467,7 +481,7 @@ def test_env_references_resolve(name: str) -> None:
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_each_function_starts_with_the_rendered_environment(name: str) -> None:
-    """shared.settings accepts what the manifests give each function (values parse, limits hold)."""
+    """shared.platform.settings accepts what the manifests give each function (values parse, limits hold)."""
     docs = render(name)
     services = knative_services(docs)
     secrets = rendered_secrets(docs)
@@ -480,7 +494,7 @@ def test_each_function_starts_with_the_rendered_environment(name: str) -> None:
             pytest.fail(f"{name}: {function} would not start:\n{exc}")
     migrate = named(docs, "Job", "dropgate-migrate")
     (c,) = migrate["spec"]["template"]["spec"]["containers"]
-    assert c["command"] == ["python", "-m", "shared.migrate"] and c["image"] == IMAGE
+    assert c["command"] == ["python", "-m", "shared.platform.migrate"] and c["image"] == IMAGE
     Settings.from_env(["database"], resolved_env(docs, c, secrets))
 
 

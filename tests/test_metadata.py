@@ -11,9 +11,14 @@ import pytest
 from cloudevents.http import from_http
 
 from dropgate_local.processes import free_port
-from events.emit import to_http
-from events.types import MetadataRecorded, ObjectCreated, ObjectRemoved, StorageObjectEvent
-from shared.metadata import is_newer
+from events.types import (
+    MetadataRecorded,
+    ObjectCreated,
+    ObjectRemoved,
+    StorageObjectEvent,
+)
+from shared.platform.delivery import to_http
+from shared.uploads.storage_facts import is_newer
 from tests.http import call
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

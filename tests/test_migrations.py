@@ -5,8 +5,12 @@ import threading
 import psycopg
 import pytest
 
-from shared import migrate
-from shared.migrate import MigrationError, apply_migrations, available_migrations
+from shared.platform import migrate
+from shared.platform.migrate import (
+    MigrationError,
+    apply_migrations,
+    available_migrations,
+)
 
 
 def tables(url):

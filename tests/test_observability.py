@@ -24,8 +24,8 @@ from cloudevents.http import CloudEvent
 from prometheus_client.parser import text_string_to_metric_families
 
 from dropgate_local.processes import free_port
-from shared import logs, metrics, tracing
-from shared.web import CloudEventApp, HttpApp, Route, json_response
+from shared.platform import logs, metrics, tracing
+from shared.platform.http import CloudEventApp, HttpApp, Route, json_response
 from tests.http import call
 from tests.test_pipeline import FINAL, dev_token, router_events, wait_for_status  # noqa: F401 - fixture
 from tests.test_presign import b64sha, payload, split

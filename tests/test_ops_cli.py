@@ -15,8 +15,8 @@ import pytest
 from dropgate_local.cli import main
 from dropgate_local.processes import free_port, http_ok
 from dropgate_local.stack import SOURCE_DIR
-from events.emit import EventSink
 from events.types import ObjectCreated
+from shared.platform.delivery import EventSink
 from tests.conftest import EICAR
 from tests.http import call
 from tests.test_pipeline import FINAL, dev_token, router_events, upload, wait_for_status  # noqa: F401 - fixture

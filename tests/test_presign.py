@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_localserver.http import ContentServer
 
 from dropgate_local.processes import free_port
-from shared.storage import create_s3_client
+from shared.platform.storage import create_s3_client
 from tests.conftest import UNWATCHED_ENV
 from tests.http import Reply, call
 

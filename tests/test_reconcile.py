@@ -38,17 +38,32 @@ from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import ChildProcess, free_port, http_ok, serving_worker
 from dropgate_local.router import load_manifests
 from dropgate_local.stack import SOURCE_DIR
-from events.emit import EventSink, to_http
 from events.types import ObjectCreated, Ping, ScanVerdict
-from shared.db import create_pool
-from shared.errors import DependencyUnavailable
-from shared.migrate import apply_migrations
-from shared.reconcile import (EVENT_SOURCE, NO_VERDICT, NOT_RECORDED, SCAN_STUCK, ReconcileBounds, ReconcileJob,
-                              ReconcileSummary, object_created_event, object_created_id)
-from shared.scanner import StreamingClamd
-from shared.scanning import ObjectScanner
-from shared.settings import ClamdSettings, DatabaseSettings, Settings, SettingsError, StorageSettings
-from shared.storage import create_s3_client, set_up_buckets
+from shared.platform.clamd import StreamingClamd
+from shared.platform.db import create_pool
+from shared.platform.delivery import EventSink, to_http
+from shared.platform.errors import DependencyUnavailable
+from shared.platform.migrate import apply_migrations
+from shared.platform.settings import (
+    ClamdSettings,
+    DatabaseSettings,
+    Settings,
+    SettingsError,
+    StorageSettings,
+)
+from shared.platform.storage import create_s3_client, set_up_buckets
+from shared.retention.reconcile import (
+    EVENT_SOURCE,
+    NO_VERDICT,
+    NOT_RECORDED,
+    SCAN_STUCK,
+    ReconcileBounds,
+    ReconcileJob,
+    ReconcileSummary,
+    object_created_event,
+    object_created_id,
+)
+from shared.scanning.service import ObjectScanner
 from tests.http import Reply, call
 from tests.test_expire import Clock
 from tests.test_pipeline import upload, wait_for_status

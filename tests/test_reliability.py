@@ -49,7 +49,7 @@ import pytest
 from dropgate_local import ops
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.stack import FUNCTIONS, LocalStack, StackPorts
-from shared.storage import create_s3_client
+from shared.platform.storage import create_s3_client
 from tests.conftest import EICAR
 from tests.http import Reply, call
 from tests.test_presign import b64sha, payload

@@ -21,14 +21,22 @@ from dropgate_local import clamav
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from events.types import ScanVerdict
-from shared.rescan import request_rescans
-from shared.scanner import StreamingClamd
+from shared.platform.clamd import StreamingClamd
+from shared.scanning.rescan import request_rescans
 from tests import evasions
 from tests.conftest import EICAR, UNWATCHED_ENV
 from tests.http import call
 from tests.test_ops_cli import audit_actions, run_cli, wait_until
 from tests.test_pipeline import router_events, upload, wait_for_status
-from tests.test_scanning import MIB, object_scanner, pool, s3, stage, upload_row, where_is  # noqa: F401 - fixtures
+from tests.test_scanning import (  # noqa: F401 - fixtures
+    MIB,
+    object_scanner,
+    pool,
+    s3,
+    stage,
+    upload_row,
+    where_is,
+)
 
 FINAL = {"clean", "infected", "rejected", "unscannable"}
 

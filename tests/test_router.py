@@ -1,4 +1,4 @@
-"""Routing as Knative does it: the pure rules (events/routing.py) and the local broker
+"""Routing as Knative does it: the pure rules (local-dev/routing.py) and the local broker
 (local-dev/router.py) running as a real process, delivering over real HTTP to real
 subscriber servers (pytest-localserver's WSGIServer). Nothing is mocked.
 """
@@ -21,12 +21,12 @@ import pytest
 import yaml
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
-from dropgate_local.processes import ChildProcess, free_port, http_ok
-from dropgate_local.router import load_manifests
 from pytest_localserver.http import WSGIServer
 from werkzeug.wrappers import Request
 
-from events.routing import (
+from dropgate_local.processes import ChildProcess, free_port, http_ok
+from dropgate_local.router import load_manifests
+from dropgate_local.routing import (
     PING_EVENT_TYPE,
     CronSchedule,
     DeliverySpec,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import threading
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -18,7 +16,7 @@ from cloudevents.http import from_http
 from dropgate_local import clamav
 from dropgate_local.processes import PeakRss, free_port, serving_worker
 from events.types import ObjectCreated, ScanVerdict
-from shared.storage import create_s3_client
+from shared.platform.storage import create_s3_client
 from tests.conftest import EICAR, UNWATCHED_ENV
 from tests.http import call
 from tests.test_scanning import stage, upload_row

@@ -6,8 +6,13 @@ import zipfile
 
 import pytest
 
-from shared.scanner import ScannerUnavailable, StreamingClamd, check_clamd, iter_chunks
-from shared.settings import MIB
+from shared.platform.clamd import (
+    ScannerUnavailable,
+    StreamingClamd,
+    check_clamd,
+    iter_chunks,
+)
+from shared.platform.settings import MIB
 from tests.conftest import EICAR
 
 

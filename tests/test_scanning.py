@@ -1,4 +1,4 @@
-"""The object scan (shared/scanning.py) against real clamd, SeaweedFS and PostgreSQL."""
+"""The object scan (shared/scanning/service.py) against real clamd, SeaweedFS and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.db import create_pool
-from shared.scanner import ScannerUnavailable, StreamingClamd
-from shared.scanning import ObjectScanner
-from shared.content import ContentPolicy
-from shared.settings import ClamdSettings, DatabaseSettings, Settings
-from shared.storage import create_s3_client
+from shared.platform.clamd import ScannerUnavailable, StreamingClamd
+from shared.platform.db import create_pool
+from shared.platform.settings import ClamdSettings, DatabaseSettings, Settings
+from shared.platform.storage import create_s3_client
+from shared.scanning.content_policy import ContentPolicy
+from shared.scanning.service import ObjectScanner
 from tests.conftest import EICAR
 
 MIB = 1024 * 1024
@@ -257,7 +257,7 @@ def test_storage_lost_mid_download_writes_no_verdict(unwatched, pool, s3, databa
     from dataclasses import replace
     from urllib.parse import urlsplit
 
-    from shared.scanning import IncompleteRead
+    from shared.platform.storage import IncompleteRead
 
     upload_id, key = stage(database_url, s3, unwatched, b"%PDF-1.4\n" + bytes(12 * MIB), content_type="application/pdf")
     endpoint = urlsplit(unwatched.endpoint_url)
@@ -269,7 +269,7 @@ def test_storage_lost_mid_download_writes_no_verdict(unwatched, pool, s3, databa
                                pool=pool, s3=flaky_s3, scanner=StreamingClamd(*clamd_address, timeout=60))
         with pytest.raises(Exception) as raised:  # noqa: PT011 - botocore or IncompleteRead, both mean "retry"
             broken.scan(unwatched.uploads_bucket, key, event_id="cut-1")
-        from shared.web import dependency_failure
+        from shared.platform.http import dependency_failure
         assert dependency_failure(raised.value) is not None or isinstance(raised.value, IncompleteRead), raised.value
     finally:
         proxy.close()

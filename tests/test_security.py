@@ -22,7 +22,6 @@ storage holds in it, not by guessing keys.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import urllib.parse
@@ -34,7 +33,7 @@ import pytest
 
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
-from shared.storage import create_s3_client, set_up_buckets
+from shared.platform.storage import create_s3_client, set_up_buckets
 from tests.http import Reply, call
 from tests.test_presign import b64sha, idp, payload, presign_env, put_part  # noqa: F401 - idp is a fixture
 
@@ -256,7 +255,7 @@ def test_a_part_url_is_good_for_its_part_only(presign, idp, s3, buckets) -> None
 
 def test_a_signed_url_stops_working_when_it_expires(presign, idp, buckets) -> None:  # noqa: F811
     """Signed by the very signer presign uses, with a clock two hours back and a one-minute lifetime."""
-    from shared.sigv4 import PresignSigner
+    from shared.uploads.sigv4 import PresignSigner
 
     token = idp.token(user())
     upload = create(presign, token, size=10).json()
@@ -358,7 +357,7 @@ def test_malformed_and_oversized_json(presign, idp, s3, buckets, database_url, r
 
 def test_paths_the_framework_cannot_route_are_json_refusals_too(presign, running_functions) -> None:
     """functions-framework's `/<path:path>` rule matches no path with a control character; werkzeug answered
-    those with an HTML page before shared.web made them `{error, detail}` like every other refusal."""
+    those with an HTML page before shared.platform.http made them `{error, detail}` like every other refusal."""
     for url in (f"{presign}/uploads/%0A", f"{presign}/s3/multipart/%0A/1", f"{running_functions['scan']}/%0A",
                 f"{running_functions['storage_events']}/seaweedfs%0D%0A"):
         reply = call("GET", url)

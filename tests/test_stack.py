@@ -48,7 +48,9 @@ def test_unknown_paths_get_json_404(running_functions):
 def test_a_function_with_missing_settings_refuses_to_start_and_names_them():
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPGATE_") and k != "DATABASE_URL"}
     result = subprocess.run(
-        [sys.executable, "-c", "import runpy; runpy.run_path('functions/presign/main.py')"],
+        # As the image runs it: functions-framework loads main.py with its folder on sys.path.
+        [sys.executable, "-m", "functions_framework", "--source", "functions/presign/main.py", "--target", "handle",
+         "--port", "0"],
         cwd=SOURCE_DIR, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "DATABASE_URL is required but not set" in result.stderr

@@ -6,8 +6,8 @@ import os
 import pytest
 from botocore.exceptions import ClientError
 
-from shared.settings import MIB
-from shared.storage import check_storage, create_s3_client, set_up_buckets
+from shared.platform.settings import MIB
+from shared.platform.storage import check_storage, create_s3_client, set_up_buckets
 
 
 def test_set_up_is_idempotent_and_buckets_exist(storage):

@@ -23,7 +23,7 @@ from cloudevents.http import CloudEvent, from_http
 from dropgate_local.processes import free_port
 from dropgate_local.stack import LocalStack, StackPorts
 from events.types import StorageObjectEvent
-from shared import tracing
+from shared.platform import tracing
 from tests.events import as_plain, load_expected, load_input
 from tests.http import call
 
@@ -182,7 +182,7 @@ def test_minio_notifications_reach_the_sink_as_binary_cloudevents(adapter, sink,
         assert captured.headers["ce-specversion"] == "1.0"
         assert json.loads(captured.body) == expected["data"]  # binary mode: the body is the data
         event = StorageObjectEvent.from_cloudevent(captured.event)
-        # Every event leaves with the distributed-tracing extension (shared/tracing.py); the pairs predate it.
+        # Every event leaves with the distributed-tracing extension (shared/platform/tracing.py); the pairs predate it.
         assert tracing.parse_traceparent(captured.headers["ce-traceparent"]) is not None
         assert as_plain(replace(event, traceparent=None).to_cloudevent()) == expected
 
@@ -292,7 +292,7 @@ class EndToEnd:
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory, database_url):
-    from shared.storage import create_s3_client
+    from shared.platform.storage import create_s3_client
 
     sink = CaptureSink().start()
     local = LocalStack(tmp_path_factory.mktemp("events-e2e"), StackPorts.allocate())

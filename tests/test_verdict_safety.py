@@ -17,13 +17,21 @@ import psycopg
 import pytest
 
 from dropgate_local import clamav
-from shared.scanner import StreamingClamd
-from shared.storage import create_s3_client, set_up_buckets
+from shared.platform.clamd import StreamingClamd
+from shared.platform.storage import create_s3_client, set_up_buckets
 from tests import evasions
 from tests.conftest import EICAR
 from tests.http import call
 from tests.test_pipeline import upload, wait_for_status
-from tests.test_scanning import MIB, object_scanner, pool, s3, stage, upload_row, where_is  # noqa: F401 - fixtures
+from tests.test_scanning import (  # noqa: F401 - fixtures
+    MIB,
+    object_scanner,
+    pool,
+    s3,
+    stage,
+    upload_row,
+    where_is,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = clamav.default_limits()
@@ -135,7 +143,7 @@ def test_plain_html_without_script_is_clean_and_recorded_as_html(unwatched, pool
 
 def test_clamd_unreachable_never_yields_a_verdict(unwatched, pool, s3, database_url) -> None:  # noqa: F811
     from dropgate_local.processes import free_port
-    from shared.scanner import ScannerUnavailable
+    from shared.platform.clamd import ScannerUnavailable
 
     upload_id, key = stage(database_url, s3, unwatched, os.urandom(MIB))
     with pytest.raises(ScannerUnavailable):

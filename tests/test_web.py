@@ -5,8 +5,8 @@ import json
 import flask
 import pytest
 
-from shared.errors import TooManyRequests
-from shared.web import CloudEventApp, HttpApp, Route, json_response, read_json
+from shared.platform.errors import TooManyRequests
+from shared.platform.http import CloudEventApp, HttpApp, Route, json_response, read_json
 
 app = flask.Flask(__name__)
 

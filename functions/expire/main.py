@@ -1,6 +1,6 @@
 """expire: the retention pass, woken by the dropgate-expire PingSource through the broker.
 
-Each `dev.knative.sources.ping` runs one bounded pass (shared/retention.py; docs/expire.md),
+Each `dev.knative.sources.ping` runs one bounded pass (shared/retention/expiry.py; docs/expire.md),
 sends a `dev.dropgate.upload.expired` / `.abandoned` CloudEvent per upload to K_SINK, and
 answers 200 with the pass's summary as JSON. The summary is not a CloudEvent on purpose: a
 non-event reply is dropped by the broker, so nothing outside the event contract enters it.
@@ -15,10 +15,10 @@ from datetime import timedelta
 import functions_framework
 
 from events.types import Ping
-from shared import metrics
-from shared.instance import FunctionInstance
-from shared.retention import RetentionBounds, run_retention
-from shared.web import CloudEventApp, json_response
+from shared.platform import metrics
+from shared.platform.http import CloudEventApp, json_response
+from shared.platform.lifecycle import FunctionInstance
+from shared.retention.expiry import RetentionBounds, run_retention
 
 TASK = "expire"  # the PingSource's data, {"task": "expire"}; a ping without data is a tick too
 

@@ -2,7 +2,7 @@
 
 Consumes com.amazonaws.s3.ObjectCreated:* / ObjectRemoved:* CloudEvents (both buckets) and
 replies with dev.dropgate.metadata.recorded when an upload's record changed. Rules:
-shared/metadata.py; event shapes: events/types.py.
+shared/uploads/storage_facts.py; event shapes: events/types.py.
 
 Run: functions-framework --source functions/metadata/main.py --target handle
 """
@@ -10,9 +10,9 @@ Run: functions-framework --source functions/metadata/main.py --target handle
 import functions_framework
 
 from events.types import StorageObjectEvent
-from shared.instance import FunctionInstance
-from shared.metadata import MetadataRecorder
-from shared.web import CloudEventApp
+from shared.platform.http import CloudEventApp
+from shared.platform.lifecycle import FunctionInstance
+from shared.uploads.storage_facts import MetadataRecorder
 
 instance = FunctionInstance("metadata", ["database", "events", "observability"])
 
@@ -23,7 +23,7 @@ def recorder() -> MetadataRecorder:
 
 
 def handle_event(event):
-    storage_event = StorageObjectEvent.from_cloudevent(event)  # InvalidEvent: 400, see shared.web
+    storage_event = StorageObjectEvent.from_cloudevent(event)  # InvalidEvent: 400, see shared.platform.http
     recorded = recorder().record(storage_event)
     reply = recorder().reply(storage_event, recorded)
     return reply.to_cloudevent() if reply else None

@@ -1,10 +1,10 @@
 """reconcile: the reconciliation pass, woken by the dropgate-reconcile PingSource through the broker.
 
-Each `dev.knative.sources.ping` runs one bounded pass (shared/reconcile.py; docs/reconcile.md):
+Each `dev.knative.sources.ping` runs one bounded pass (shared/retention/reconcile.py; docs/reconcile.md):
 uploads whose storage notification seems lost get their canonical "object created" CloudEvent
 re-emitted to K_SINK (the broker routes it to scan and metadata as storage's own would be), and
 uploads whose re-drives are spent are marked unscannable; when clamd's signature database
-advanced, recent clean files are asked to be scanned again (shared/rescan.py). The answer is 200 with the pass's summary
+advanced, recent clean files are asked to be scanned again (shared/scanning/rescan.py). The answer is 200 with the pass's summary
 as JSON (not a CloudEvent, so the broker drops it). A malformed or foreign event answers 400
 (dead-letter sink); the database, storage or the sink being down answers 503, and the broker's
 redelivery runs a pass that picks the same uploads again.
@@ -17,10 +17,10 @@ from datetime import timedelta
 import functions_framework
 
 from events.types import Ping
-from shared.instance import FunctionInstance
-from shared.reconcile import ReconcileBounds, run_reconcile
-from shared.rescan import request_rescans
-from shared.web import CloudEventApp, json_response
+from shared.platform.http import CloudEventApp, json_response
+from shared.platform.lifecycle import FunctionInstance
+from shared.retention.reconcile import ReconcileBounds, run_reconcile
+from shared.scanning.rescan import request_rescans
 
 TASK = "reconcile"  # the PingSource's data, {"task": "reconcile"}; a ping without data is a tick too
 

@@ -12,10 +12,15 @@ import uuid
 import functions_framework
 
 from events.types import ObjectCreated, ScanVerdict
-from shared.content import ContentPolicy
-from shared.instance import FunctionInstance
-from shared.scanning import RESCAN_EXTENSION, SIGNATURE_RESCAN_EXTENSION, ObjectScanner, ScanResult
-from shared.web import CloudEventApp
+from shared.platform.http import CloudEventApp
+from shared.platform.lifecycle import FunctionInstance
+from shared.scanning.content_policy import ContentPolicy
+from shared.scanning.service import (
+    RESCAN_EXTENSION,
+    SIGNATURE_RESCAN_EXTENSION,
+    ObjectScanner,
+    ScanResult,
+)
 
 instance = FunctionInstance("scan", ["storage", "database", "clamd", "content", "events", "observability"])
 settings = instance.settings

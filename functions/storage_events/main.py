@@ -2,17 +2,17 @@
 
 POST /minio      MinIO bucket notifications (webhook target, auth_token as bearer)
 POST /seaweedfs  SeaweedFS filer notifications (notification.webhook, bearer_token)
-Answers and status codes: events/webhook.py. Mapping rules: docs/events.md.
+Answers and status codes: shared/intake/webhook.py. Mapping rules: docs/events.md.
 
 Run: functions-framework --source functions/storage_events/main.py --target handle
 """
 
 import functions_framework
 
-from events.emit import EventSink
-from events.webhook import StorageWebhook
-from shared.instance import FunctionInstance
-from shared.web import HttpApp, Route
+from shared.intake.webhook import StorageWebhook
+from shared.platform.delivery import EventSink
+from shared.platform.http import HttpApp, Route
+from shared.platform.lifecycle import FunctionInstance
 
 instance = FunctionInstance("storage_events", ["events", "observability"])
 webhook = StorageWebhook(instance.settings.events, EventSink(instance.settings.events.sink_url))

@@ -1,0 +1,2 @@
+"""Intake: storage webhooks (MinIO, SeaweedFS) in, typed CloudEvents out to the broker.
+"""

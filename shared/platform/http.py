@@ -1,0 +1,312 @@
+"""The HTTP side of every function: routing, JSON bodies, errors, health.
+
+functions-framework hands each function one `flask.Request`; this module turns
+a small route table into that one callable. Every function, HTTP or
+CloudEvent, answers `GET /healthz` (Knative's readiness probe) with the state
+of the services it really depends on, and every error leaves as
+`{"error", "detail"}` JSON with the status its exception class carries.
+
+Both kinds also answer `GET /metrics` (Prometheus text, shared/platform/metrics.py), and run each
+request or event in a span of its trace (shared/platform/tracing.py): an HTTP request continues
+its `traceparent` header and gets a `traceresponse` header back; an event continues its
+`traceparent` extension attribute, and a reply event carries the handler's own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+import psycopg
+import werkzeug.exceptions
+from botocore.exceptions import BotoCoreError, ClientError
+from cloudevents.conversion import to_binary
+from cloudevents.exceptions import GenericException as CloudEventError
+from cloudevents.http import CloudEvent, from_http
+from opentelemetry.trace import SpanKind
+from psycopg_pool import PoolTimeout
+
+from events.types import InvalidEvent
+from shared.platform import metrics, tracing
+from shared.platform.clamd import ScannerUnavailable
+from shared.platform.errors import (
+    ApiError,
+    BadRequest,
+    DependencyUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from shared.platform.logs import context, log_event
+from shared.platform.storage import IncompleteRead
+
+logger = logging.getLogger("dropgate.web")
+
+MAX_JSON_BODY = 256 * 1024  # API bodies are small; a part list of 10,000 entries fits
+HEALTH_PATH = "/healthz"
+
+HealthCheck = Callable[[], None]  # raises when the dependency is not usable
+
+
+def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> flask.Response:
+    response = flask.Response(json.dumps(body, default=str), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def error_response(error: ApiError) -> flask.Response:
+    return json_response(error.status, {"error": error.error, "detail": error.detail}, error.headers)
+
+
+def client_address(request: flask.Request) -> str | None:
+    """The client's IP address for the audit log and rate limits: the leftmost X-Forwarded-For, else the peer.
+
+    Only an address that parses as one is kept; anything else is None (it is never echoed back).
+    """
+    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+    address = forwarded or request.remote_addr
+    try:
+        ipaddress.ip_address(address or "")
+    except ValueError:
+        return None
+    return address
+
+
+def read_json(request: flask.Request, *, max_bytes: int = MAX_JSON_BODY) -> dict[str, Any]:
+    """The request's JSON object, or a 4xx that says what is wrong with it."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    mimetype = request.mimetype or ""
+    if raw and mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(f"expected application/json, got {mimetype}")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError) as exc:
+        # ValueError: bad syntax or UTF-8, and integers over Python's 4,300-digit limit; RecursionError:
+        # nesting deeper than the parser's stack. Both are the client's input, never a 500.
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object")
+    return body
+
+
+def health_response(checks: Mapping[str, HealthCheck]) -> flask.Response:
+    results: dict[str, str] = {}
+    healthy = True
+    for name, check in checks.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure makes the dependency unhealthy
+            healthy = False
+            results[name] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
+    return json_response(200 if healthy else 503, {"status": "ok" if healthy else "unavailable", "checks": results})
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str  # "/uploads/{id}/parts"; a {name} matches one path segment
+    handler: Callable[..., flask.Response]
+
+    def compile(self) -> re.Pattern[str]:
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template)
+        return re.compile(f"^{pattern}/?$")
+
+
+def dependency_failure(exc: Exception) -> DependencyUnavailable | None:
+    """A 503 for the failures of a backing service that a retry can cure; None for bugs."""
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        return DependencyUnavailable(f"the database is unavailable: {type(exc).__name__}",
+                                     headers={"Retry-After": "5"})
+    if isinstance(exc, BotoCoreError | IncompleteRead) or (
+            isinstance(exc, ClientError) and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500):
+        return DependencyUnavailable(f"storage is unavailable: {type(exc).__name__}: {exc}"[:300],
+                                     headers={"Retry-After": "5"})
+    if isinstance(exc, ScannerUnavailable):
+        return DependencyUnavailable(f"the virus scanner is unavailable: {exc}"[:300], headers={"Retry-After": "10"})
+    return None
+
+
+def unexpected_error_response(request: flask.Request, exc: Exception) -> flask.Response:
+    dependency = dependency_failure(exc)
+    if dependency is not None:
+        log_event(logger, "dependency unavailable", logging.WARNING, method=request.method, path=request.path,
+                  detail=str(exc)[:500])
+        return error_response(dependency)
+    logger.exception("unhandled error on %s %s", request.method, request.path)
+    return json_response(500, {"error": "internal_error", "detail": "an unexpected error; it has been logged"})
+
+
+def _answer_framework_refusals_as_json() -> None:
+    """Make the requests functions-framework itself refuses answer `{error, detail}` JSON too.
+
+    Its router sends every path to the function through a `/<path:path>` rule, which no path with a
+    control character (`/uploads/%0A`) matches, so werkzeug would answer those with an HTML page.
+    main.py is imported inside the framework's app context, which is when this runs.
+    """
+    if flask.has_app_context():
+        flask.current_app.register_error_handler(werkzeug.exceptions.HTTPException, _framework_refusal)
+
+
+def _framework_refusal(exc: werkzeug.exceptions.HTTPException) -> flask.Response:
+    status = exc.code or 500
+    return json_response(status, {"error": re.sub(r"\W+", "_", (exc.name or "error").lower()),
+                                  "detail": exc.description or exc.name})
+
+
+class HttpApp:
+    """Dispatches a request to the route matching its method and path.
+
+    With `cors_origins`, browsers on those origins may call the API: preflight
+    requests are answered here, and every answer carries the CORS headers.
+    """
+
+    def __init__(self, routes: list[Route], health_checks: Mapping[str, HealthCheck], *,
+                 cors_origins: tuple[str, ...] = ()):
+        self._routes = [(route, route.compile()) for route in routes]
+        self._health_checks = health_checks
+        self._cors_origins = frozenset(cors_origins)
+        _answer_framework_refusals_as_json()
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        if request.path == HEALTH_PATH and request.method == "GET":
+            return health_response(self._health_checks)
+        if request.path == metrics.METRICS_PATH and request.method == "GET":
+            return metrics.metrics_response(request)
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+            response = flask.Response(status=204)
+        else:
+            with tracing.span(f"HTTP {request.method}", parent=request.headers.get(tracing.TRACEPARENT),
+                              kind=SpanKind.SERVER, attributes={"http.request.method": request.method,
+                                                                "url.path": request.path}), \
+                    context(method=request.method, path=request.path):
+                response = self._dispatch(request)
+                response.headers[tracing.TRACERESPONSE] = tracing.current_traceparent() or ""
+        return self._with_cors(request, response)
+
+    def _dispatch(self, request: flask.Request) -> flask.Response:
+        template = "unmatched"
+        response = None
+        try:
+            route, params = self._match(request)
+            template = route.template
+            response = route.handler(request, **params)
+            return response
+        except ApiError as exc:
+            log_event(logger, "request refused", logging.INFO, method=request.method, path=request.path,
+                      status=exc.status, error=exc.error, detail=exc.detail, outcome="refused")
+            response = error_response(exc)
+            return response
+        except Exception as exc:  # noqa: BLE001 - every answer is JSON, even for a bug
+            response = unexpected_error_response(request, exc)
+            return response
+        finally:
+            metrics.HTTP_REQUESTS.labels(request.method, template,
+                                         str(response.status_code) if response is not None else "500").inc()
+
+    def _with_cors(self, request: flask.Request, response: flask.Response) -> flask.Response:
+        origin = request.headers.get("Origin")
+        if origin and origin in self._cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After, traceresponse"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    def _match(self, request: flask.Request) -> tuple[Route, dict[str, str]]:
+        allowed: list[str] = []
+        for route, pattern in self._routes:
+            found = pattern.match(request.path)
+            if found:
+                if route.method == request.method:
+                    return route, found.groupdict()
+                allowed.append(route.method)
+        if allowed:
+            raise MethodNotAllowed(f"{request.method} not allowed on {request.path}; use {', '.join(allowed)}",
+                                   headers={"Allow": ", ".join(allowed)})
+        raise NotFound(f"no such endpoint: {request.method} {request.path}")
+
+
+CloudEventHandler = Callable[[CloudEvent], "CloudEvent | flask.Response | None"]
+
+
+class CloudEventApp:
+    """Receives one CloudEvent (binary or structured mode), replies with an optional CloudEvent.
+
+    A reply travels back to the broker in binary mode, which is how Knative
+    routes a subscriber's answer as a new event.
+    """
+
+    def __init__(self, handler: CloudEventHandler, health_checks: Mapping[str, HealthCheck]):
+        self._handler = handler
+        self._health_checks = health_checks
+        _answer_framework_refusals_as_json()
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        if request.path == HEALTH_PATH and request.method == "GET":
+            return health_response(self._health_checks)
+        if request.path == metrics.METRICS_PATH and request.method == "GET":
+            return metrics.metrics_response(request)
+        try:
+            if request.method != "POST":
+                raise MethodNotAllowed("CloudEvents are delivered with POST", headers={"Allow": "POST"})
+            event = parse_cloudevent(request)
+        except ApiError as exc:
+            log_event(logger, "event refused", logging.WARNING, path=request.path,
+                      event_id=request.headers.get("ce-id"), status=exc.status, error=exc.error, detail=exc.detail)
+            return error_response(exc)
+        parent = tracing.parent_of_event(event, request.headers.get(tracing.TRACEPARENT))
+        with tracing.span(f"{event['type']} process", parent=parent, kind=SpanKind.CONSUMER,
+                          attributes={"cloudevents.event_id": event["id"], "cloudevents.event_type": event["type"]}), \
+                context(event_id=event["id"], event_type=event["type"]):
+            response = self._handle(request, event)
+        metrics.EVENTS_RECEIVED.labels(event["type"], str(response.status_code)).inc()
+        return response
+
+    def _handle(self, request: flask.Request, event: CloudEvent) -> flask.Response:
+        try:
+            reply = self._handler(event)
+        except InvalidEvent as exc:
+            # Not retryable: the broker sends a 4xx straight to the dead-letter sink.
+            log_event(logger, "event refused", logging.WARNING, path=request.path, event_id=exc.event_id,
+                      status=400, detail=str(exc))
+            return error_response(BadRequest(str(exc)))
+        except ApiError as exc:
+            log_event(logger, "event refused", logging.WARNING, path=request.path,
+                      event_id=request.headers.get("ce-id"), status=exc.status, error=exc.error, detail=exc.detail)
+            return error_response(exc)
+        except Exception as exc:  # noqa: BLE001 - a 5xx makes the broker redeliver
+            return unexpected_error_response(request, exc)
+        if reply is None:
+            return flask.Response(status=204)
+        if isinstance(reply, flask.Response):
+            return reply  # a handler whose answer is not an event (expire's summary); the broker drops it
+        headers, body = to_binary(tracing.with_traceparent(reply))
+        return flask.Response(body, status=200, headers=headers)
+
+
+def parse_cloudevent(request: flask.Request) -> CloudEvent:
+    """The CloudEvent in the request, or 400 naming what is missing or malformed."""
+    body = request.get_data()
+    if len(body) > 1024 * 1024:
+        raise PayloadTooLarge("CloudEvent larger than 1 MiB")
+    try:
+        return from_http(dict(request.headers), body)
+    except CloudEventError as exc:
+        raise BadRequest(f"malformed CloudEvent: {exc}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: a structured body nested too deep
+        raise BadRequest(f"malformed CloudEvent: {exc}") from None

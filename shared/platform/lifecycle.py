@@ -1,0 +1,97 @@
+"""One function instance: its settings, read at start-up, and its clients, built once.
+
+functions-framework imports `main.py` in gunicorn's master process and serves
+from a forked worker. Settings are parsed at import so a bad configuration
+stops the instance before it takes traffic; the connection pool and clients
+are built on first use, inside the worker, because threads (the pool's) do not
+survive a fork.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from botocore.client import BaseClient
+from psycopg_pool import ConnectionPool
+
+from shared.platform import logs, metrics, tracing
+from shared.platform.clamd import StreamingClamd, check_clamd, create_scanner
+from shared.platform.db import check_database, create_pool
+from shared.platform.delivery import EventSink
+from shared.platform.http import HealthCheck
+from shared.platform.settings import Settings, SettingsError
+from shared.platform.storage import check_storage, create_s3_client
+
+T = TypeVar("T")
+
+
+def load_settings_or_exit(sections: Iterable[str]) -> Settings:
+    try:
+        return Settings.from_env(sections)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+class FunctionInstance:
+    def __init__(self, name: str, sections: Iterable[str]):
+        logs.configure()
+        self.name = name
+        self.sections = tuple(sections)
+        self.settings = load_settings_or_exit(self.sections)
+        if self.settings.has("observability"):
+            observability = self.settings.observability
+            tracing.configure(name, observability.traces_exporter, observability.otlp_endpoint)
+            metrics.configure(observability.metrics_token)
+        self._lock = threading.RLock()  # re-entrant: one built object may need another
+        self._built: dict[str, object] = {}
+        atexit.register(self.stop)
+
+    def once(self, key: str, build: Callable[[], T]) -> T:
+        """Build a per-instance object on first use (in the serving worker), then reuse it."""
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = build()
+            return self._built[key]  # type: ignore[return-value]
+
+    @property
+    def sink(self) -> EventSink:
+        """Where this function sends the CloudEvents it emits (K_SINK); needs the `events` section."""
+        return self.once("sink", lambda: EventSink(self.settings.events.sink_url))
+
+    def publish(self, events: Iterable) -> None:
+        """Send typed events (anything with `to_cloudevent()`) to the sink, in order."""
+        self.sink.send_all(event.to_cloudevent() for event in events)
+
+    @property
+    def db(self) -> ConnectionPool:
+        return self.once("db", lambda: create_pool(self.settings.database))
+
+    @property
+    def s3(self) -> BaseClient:
+        return self.once("s3", lambda: create_s3_client(self.settings.storage))
+
+    @property
+    def scanner(self) -> StreamingClamd:
+        return self.once("scanner", lambda: create_scanner(self.settings.clamd))
+
+    def health_checks(self) -> dict[str, HealthCheck]:
+        """A check for each real dependency of this function, by the sections it loaded."""
+        checks: dict[str, HealthCheck] = {}
+        if "database" in self.sections:
+            checks["database"] = lambda: check_database(self.db)
+        if "storage" in self.sections:
+            checks["storage"] = lambda: check_storage(self.s3, self.settings.storage.uploads_bucket)
+        if "clamd" in self.sections:
+            checks["clamd"] = lambda: check_clamd(self.scanner)
+        return checks
+
+    def stop(self) -> None:
+        """Drain and close the pool so a scale-down loses no in-flight transaction."""
+        pool = self._built.get("db")
+        if isinstance(pool, ConnectionPool):
+            pool.close(timeout=10)

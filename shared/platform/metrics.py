@@ -1,0 +1,98 @@
+"""Prometheus metrics of one function instance, served as text at GET /metrics.
+
+functions-framework serves from one gunicorn worker per instance (`WORKERS` = 1, as
+Knative scales by pods), so the default registry of that worker is the instance's whole
+story; the process and GC collectors of `prometheus_client` come with it. Names and
+meanings: docs/operations.md, "Metrics". The local broker (local-dev/router.py) has
+its own delivery metrics; in a cluster, Knative's Broker reports retries and dead letters.
+
+`DROPGATE_METRICS_TOKEN`, when set, makes /metrics ask for `Authorization: Bearer <token>`:
+presign is public, and its counters are nobody else's business.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Final
+
+import flask
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+METRICS_PATH: Final = "/metrics"
+
+# -- presign --
+UPLOADS_CREATED: Final = Counter("dropgate_uploads_created", "Uploads created (row + multipart upload)")
+UPLOADS_COMPLETED: Final = Counter("dropgate_uploads_completed", "Multipart uploads completed in storage")
+UPLOADS_ABORTED: Final = Counter(
+    "dropgate_uploads_aborted", "Uploads aborted, by reason: the user cancelled, or completion checks failed",
+    ["reason"])
+PART_URLS_SIGNED: Final = Counter("dropgate_part_urls_signed", "Presigned part upload URLs issued")
+DOWNLOAD_URLS_SIGNED: Final = Counter("dropgate_download_urls_signed", "Presigned download URLs issued")
+
+# -- scan --
+SCAN_VERDICTS: Final = Counter("dropgate_scan_verdicts", "Verdicts written, by verdict", ["verdict"])
+SCAN_BYTES: Final = Counter("dropgate_scan_bytes", "Bytes read from storage and streamed through clamd")
+SCAN_DURATION: Final = Histogram(
+    "dropgate_scan_duration_seconds", "Time from opening an object to its verdict (scans that wrote one)",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900))
+ADMIN_ACTIONS: Final = Counter("dropgate_admin_actions", "Audited admin decisions: release, blocklist_add, "
+                               "blocklist_remove", ["action"])
+RESCANS_REQUESTED: Final = Counter("dropgate_rescans_requested", "Clean files the reconcile pass asked scan to "
+                                   "read again after clamd's signature version advanced")
+SCAN_RESCANS: Final = Counter("dropgate_scan_rescans", "Clean files read again after a signature update, by outcome",
+                              ["outcome"])
+
+# -- expire --
+EXPIRE_UPLOADS: Final = Counter(
+    "dropgate_expire_uploads", "Uploads retired by the retention pass, by outcome "
+    "(expired: retention passed; abandoned: stale multipart; object_missing: storage lost it)", ["outcome"])
+EXPIRE_OBJECTS_DELETED: Final = Counter(
+    "dropgate_expire_objects_deleted", "Objects (or versions) the retention pass deleted, orphans included")
+EXPIRE_ORPHANS_DELETED: Final = Counter("dropgate_expire_orphans_deleted", "Objects no live upload owned, deleted")
+
+# -- reconcile --
+RECONCILE_UPLOADS: Final = Counter(
+    "dropgate_reconcile_uploads", "Uploads the reconciliation pass acted on, by outcome (redriven: its object-created "
+    "event re-emitted; object_missing: an attempt counted, no object to announce; failed: attempts spent) and reason "
+    "(no_verdict, scan_stuck, not_recorded)", ["outcome", "reason"])
+
+# -- every function --
+EVENTS_RECEIVED: Final = Counter(
+    "dropgate_events_received", "CloudEvents delivered to this function, by type and answer status",
+    ["type", "status"])
+EVENTS_SENT: Final = Counter(
+    "dropgate_events_sent", "CloudEvents this function sent to its sink, by type and outcome "
+    "(sent, refused: the sink answered non-2xx, unavailable: no answer)", ["type", "outcome"])
+HTTP_REQUESTS: Final = Counter(
+    "dropgate_http_requests", "HTTP requests answered, by method, route template and status",
+    ["method", "route", "status"])
+
+for _outcome in ("expired", "abandoned", "object_missing"):
+    EXPIRE_UPLOADS.labels(_outcome)
+for _reason in ("user", "completion_check"):
+    UPLOADS_ABORTED.labels(_reason)
+for _outcome in ("redriven", "object_missing", "failed"):
+    for _reason in ("no_verdict", "scan_stuck", "not_recorded"):
+        RECONCILE_UPLOADS.labels(_outcome, _reason)
+
+_token: str | None = None
+
+
+def configure(token: str | None) -> None:
+    """The bearer token /metrics asks for (None: open, as usual inside a cluster)."""
+    global _token
+    _token = token or None
+
+
+def exposition() -> bytes:
+    return generate_latest()
+
+
+def metrics_response(request: flask.Request) -> flask.Response:
+    if _token is not None:
+        scheme, _, presented = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), _token.encode()):
+            return flask.Response('{"error": "unauthorized", "detail": "GET /metrics needs the metrics token"}',
+                                  status=401, mimetype="application/json",
+                                  headers={"WWW-Authenticate": 'Bearer realm="dropgate-metrics"'})
+    return flask.Response(exposition(), status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})

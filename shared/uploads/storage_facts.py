@@ -1,0 +1,211 @@
+"""What storage reports about each object, recorded idempotently (the metadata function).
+
+Delivery is at least once and in no particular order, so every storage event is
+applied in one transaction that:
+
+1. claims its CloudEvent id in `processed_events` (consumer `metadata`); a
+   duplicate finds the id taken and changes nothing;
+2. locks the upload (matched by bucket and key, or by key alone for a copy in
+   another bucket, such as the quarantine) and the `storage_objects` row of the
+   event's bucket/key;
+3. applies the event only if it is newer than what that row holds
+   (`is_newer`): a creation must be strictly newer, a removal may carry the same
+   sequencer as the creation it removes (SeaweedFS removals do);
+4. mirrors an applied event at the upload's own location onto `uploads`
+   (stored_size, etag, stored_content_type, storage_sequencer,
+   storage_event_time; `pending` becomes `uploaded`; no later status ever goes
+   back), and writes one audit entry per change.
+
+An object no upload owns is kept in `storage_objects` with `upload_id` NULL: an
+orphan for the retention sweep, not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from events.notifications import digest
+from events.types import MetadataRecorded, StorageObjectEvent, is_hex
+from shared.platform import audit
+from shared.platform.audit import Actor
+from shared.platform.logs import log_event
+
+logger = logging.getLogger("dropgate.metadata")
+
+CONSUMER: Final = "metadata"
+ACTOR: Final = Actor.system(CONSUMER)
+
+APPLIED: Final = "applied"  # the event changed what dropgate knows about an upload's object
+ORPHAN: Final = "orphan"  # applied, but no upload owns the object
+STALE: Final = "stale"  # older than what is recorded: nothing changed
+
+
+def is_newer(event_sequencer: str | None, event_time: datetime, stored_sequencer: str | None,
+             stored_time: datetime, *, removal: bool) -> bool:
+    """Whether an event supersedes what is recorded for the same bucket/key.
+
+    Sequencers are hexadecimal strings of varying length (AWS pads with zeros,
+    MinIO does not): compared as numbers, which is the zero-padded comparison
+    AWS documents. Without a sequencer on both sides the event times decide.
+    A removal wins a tie: it may name the very version it removes.
+    """
+    if event_sequencer and stored_sequencer and is_hex(event_sequencer) and is_hex(stored_sequencer):
+        incoming, recorded = int(event_sequencer, 16), int(stored_sequencer, 16)
+        return incoming >= recorded if removal else incoming > recorded
+    return event_time >= stored_time if removal else event_time > stored_time
+
+
+@dataclass(frozen=True)
+class Recorded:
+    outcome: str  # APPLIED, ORPHAN or STALE (for a duplicate: the outcome of its first delivery)
+    duplicate: bool
+    upload: dict[str, Any] | None  # the upload row after the change
+    location: dict[str, Any] | None  # the storage_objects row after the change
+
+
+class MetadataRecorder:
+    def __init__(self, pool: ConnectionPool, *, source: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self._pool = pool
+        self._source = source  # CloudEvents source of the replies, "<DROPGATE_EVENT_SOURCE>/metadata"
+        self._clock = clock
+
+    def record(self, event: StorageObjectEvent) -> Recorded:
+        with self._pool.connection() as conn, conn.transaction():
+            claimed = conn.execute(
+                "INSERT INTO processed_events (consumer, event_id, event_type, outcome) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+                (CONSUMER, event.id, event.type, "in progress")).fetchone()
+            if claimed is None:
+                return self._duplicate(conn, event)
+            upload = _find_upload(conn, event.bucket, event.key)
+            recorded = self._apply(conn, event, upload)
+            conn.execute("UPDATE processed_events SET outcome = %s WHERE consumer = %s AND event_id = %s",
+                         (recorded.outcome, CONSUMER, event.id))
+        log_event(logger, "storage event recorded", event_id=event.id, event_type=event.type, bucket=event.bucket,
+                  key=event.key, outcome=recorded.outcome,
+                  upload_id=str(recorded.upload["id"]) if recorded.upload else None,
+                  status=recorded.upload["status"] if recorded.upload else None)
+        return recorded
+
+    def reply(self, event: StorageObjectEvent, recorded: Recorded) -> MetadataRecorded | None:
+        """The metadata.recorded event for an applied change to an upload; None when nothing changed for one.
+
+        A redelivered event gets the same reply id again, so if the first reply
+        was lost the broker still gets one, and a consumer that saw it drops the copy.
+        """
+        if recorded.outcome != APPLIED or recorded.upload is None or recorded.location is None:
+            return None
+        upload, location = recorded.upload, recorded.location
+        return MetadataRecorded(
+            id=f"metadata-{digest(event.source, event.id)}", source=self._source, time=self._clock(),
+            upload_id=upload["id"], bucket=event.bucket, key=event.key, storage_event_id=event.id,
+            storage_event_type=event.type, status=upload["status"], present=location["present"],
+            size=location["size"], etag=location["etag"], content_type=location["content_type"],
+            sequencer=location["sequencer"])
+
+    # -- one transaction --
+
+    def _duplicate(self, conn: psycopg.Connection, event: StorageObjectEvent) -> Recorded:
+        outcome = conn.execute("SELECT outcome FROM processed_events WHERE consumer = %s AND event_id = %s",
+                               (CONSUMER, event.id)).fetchone()["outcome"]
+        log_event(logger, "duplicate storage event ignored", event_id=event.id, event_type=event.type,
+                  first_outcome=outcome)
+        return Recorded(outcome=outcome, duplicate=True, upload=_find_upload(conn, event.bucket, event.key, lock=False),
+                        location=_location(conn, event.bucket, event.key, lock=False))
+
+    def _apply(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: dict[str, Any] | None) -> Recorded:
+        upload_id = upload["id"] if upload else None
+        location = _location(conn, event.bucket, event.key, lock=True)
+        if location is None:
+            location = conn.execute(
+                "INSERT INTO storage_objects (bucket, object_key, upload_id, present, size, etag, content_type,"
+                " version_id, sequencer, event_time, last_event_id, last_event_type, removed_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (bucket, object_key) DO NOTHING RETURNING *",
+                (event.bucket, event.key, upload_id, not event.is_removal, event.size, event.etag,
+                 event.content_type, event.version_id, event.sequencer, event.time, event.id, event.type,
+                 event.time if event.is_removal else None)).fetchone()
+            if location is None:  # inserted meanwhile by a concurrent event for the same key
+                location = _location(conn, event.bucket, event.key, lock=True)
+            else:
+                return self._applied(conn, event, upload, location)
+        if not is_newer(event.sequencer, event.time, location["sequencer"], location["event_time"],
+                        removal=event.is_removal):
+            log_event(logger, "older storage event ignored", event_id=event.id, event_type=event.type,
+                      sequencer=event.sequencer, recorded_sequencer=location["sequencer"],
+                      recorded_event=location["last_event_id"])
+            return Recorded(outcome=STALE, duplicate=False, upload=upload, location=location)
+        if event.is_removal:
+            # What was stored stays readable (size, etag...): the row says it is gone and since when.
+            location = conn.execute(
+                "UPDATE storage_objects SET upload_id = %s, present = false, sequencer = %s, event_time = %s,"
+                " last_event_id = %s, last_event_type = %s, removed_at = %s, updated_at = now()"
+                " WHERE bucket = %s AND object_key = %s RETURNING *",
+                (upload_id, event.sequencer, event.time, event.id, event.type, event.time, event.bucket,
+                 event.key)).fetchone()
+        else:
+            location = conn.execute(
+                "UPDATE storage_objects SET upload_id = %s, present = true, size = %s, etag = %s, content_type = %s,"
+                " version_id = %s, sequencer = %s, event_time = %s, last_event_id = %s, last_event_type = %s,"
+                " removed_at = NULL, updated_at = now() WHERE bucket = %s AND object_key = %s RETURNING *",
+                (upload_id, event.size, event.etag, event.content_type, event.version_id, event.sequencer,
+                 event.time, event.id, event.type, event.bucket, event.key)).fetchone()
+        return self._applied(conn, event, upload, location)
+
+    def _applied(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: dict[str, Any] | None,
+                 location: dict[str, Any]) -> Recorded:
+        detail = {"event_id": event.id, "type": event.type, "bucket": event.bucket, "key": event.key,
+                  "size": event.size, "etag": event.etag, "sequencer": event.sequencer,
+                  "event_time": event.time.isoformat()}
+        if upload is None:
+            audit.record(conn, ACTOR, "storage.orphan_removed" if event.is_removal else "storage.orphan_recorded",
+                         None, **detail)
+            return Recorded(outcome=ORPHAN, duplicate=False, upload=None, location=location)
+        if upload["bucket"] != event.bucket:
+            # A copy of the upload's object elsewhere (the quarantine, or the uploads bucket after a move).
+            audit.record(conn, ACTOR, "storage.copy_removed" if event.is_removal else "storage.copy_recorded",
+                         upload["id"], **detail)
+            return Recorded(outcome=APPLIED, duplicate=False, upload=upload, location=location)
+        if event.is_removal:
+            upload = conn.execute(
+                "UPDATE uploads SET storage_sequencer = %s, storage_event_time = %s, updated_at = now()"
+                " WHERE id = %s RETURNING *", (event.sequencer, event.time, upload["id"])).fetchone()
+            audit.record(conn, ACTOR, "storage.object_removed", upload["id"], status=upload["status"], **detail)
+            return Recorded(outcome=APPLIED, duplicate=False, upload=upload, location=location)
+        before = upload["status"]
+        upload = conn.execute(
+            "UPDATE uploads SET stored_size = %s, etag = %s, stored_content_type = %s, storage_sequencer = %s,"
+            " storage_event_time = %s,"
+            # Only the first step is metadata's to take; scanning, verdicts and expiry belong to others.
+            " status = CASE WHEN status = 'pending' THEN 'uploaded' ELSE status END,"
+            " completed_at = CASE WHEN status = 'pending' THEN coalesce(completed_at, %s) ELSE completed_at END,"
+            " updated_at = now() WHERE id = %s RETURNING *",
+            (event.size, event.etag, event.content_type, event.sequencer, event.time, event.time,
+             upload["id"])).fetchone()
+        audit.record(conn, ACTOR, "storage.object_recorded", upload["id"], status_before=before,
+                     status=upload["status"], **detail)
+        return Recorded(outcome=APPLIED, duplicate=False, upload=upload, location=location)
+
+
+def _find_upload(conn: psycopg.Connection, bucket: str, key: str, *, lock: bool = True) -> dict[str, Any] | None:
+    """The upload stored at bucket/key; else the one whose object this is a copy of (same server-made key)."""
+    suffix = " FOR UPDATE" if lock else ""
+    row = conn.execute("SELECT * FROM uploads WHERE bucket = %s AND object_key = %s" + suffix,
+                       (bucket, key)).fetchone()
+    if row is None:
+        rows = conn.execute("SELECT * FROM uploads WHERE object_key = %s ORDER BY created_at LIMIT 2" + suffix,
+                            (key,)).fetchall()
+        row = rows[0] if len(rows) == 1 else None  # two uploads with one key in two buckets: not ours to guess
+    return row
+
+
+def _location(conn: psycopg.Connection, bucket: str, key: str, *, lock: bool) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM storage_objects WHERE bucket = %s AND object_key = %s"
+                        + (" FOR UPDATE" if lock else ""), (bucket, key)).fetchone()
