@@ -143,9 +143,9 @@ def config_data(docs: list[dict]) -> dict[str, str]:
 # ---------------------------------------------------------------- the code the manifests must agree with
 
 def function_sections() -> dict[str, tuple[str, ...]]:
-    """functions/<name>/main.py -> the settings sections its FunctionInstance(name, sections) loads."""
+    """functions/<name>/ -> the settings sections its FunctionInstance(name, sections) loads (in any of its modules)."""
     found = {}
-    for main in sorted((REPO / "functions").glob("*/main.py")):
+    for main in sorted((REPO / "functions").glob("*/*.py")):
         for node in ast.walk(ast.parse(main.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "FunctionInstance":
                 found[main.parent.name] = tuple(ast.literal_eval(node.args[1]))

@@ -13,10 +13,13 @@ presign is public, and its counters are nobody else's business.
 from __future__ import annotations
 
 import hmac
+import typing
 from typing import Final
 
 import flask
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from events.types import Verdict
 
 METRICS_PATH: Final = "/metrics"
 
@@ -41,6 +44,10 @@ RESCANS_REQUESTED: Final = Counter("dropgate_rescans_requested", "Clean files th
                                    "read again after clamd's signature version advanced")
 SCAN_RESCANS: Final = Counter("dropgate_scan_rescans", "Clean files read again after a signature update, by outcome",
                               ["outcome"])
+
+# Zeros from the start, in every function, so rates and alerts see every series.
+for _verdict in typing.get_args(Verdict):
+    SCAN_VERDICTS.labels(_verdict)
 
 # -- expire --
 EXPIRE_UPLOADS: Final = Counter(

@@ -74,9 +74,6 @@ ACTOR: Final = Actor.system("scan")
 RESCAN_EXTENSION: Final = "dropgaterescan"
 SIGNATURE_RESCAN_EXTENSION: Final = "dropgatesigversion"
 _LOCK_POLL_SECONDS: Final = 0.2
-
-for _verdict in values(VERDICTS):  # zeros from the start, so rates and alerts see every series
-    metrics.SCAN_VERDICTS.labels(_verdict)
 # What dropgate inspects itself before calling an archive fully scanned (shared/scanning/archives.py).
 _ARCHIVES: Final = frozenset({"application/zip", "application/gzip", "application/x-bzip2", "application/x-xz",
                               "application/x-tar", "application/x-7z-compressed", "application/vnd.rar"})
