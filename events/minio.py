@@ -30,8 +30,16 @@ from datetime import datetime
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
-from events.notifications import Adapted, Ignored, MalformedNotification, OwnedBuckets, digest, json_object
-from events.types import ObjectCreated, ObjectRemoved, StorageObjectEvent, is_hex, parse_time
+from events.notifications import (
+    Adapted,
+    Ignored,
+    MalformedNotification,
+    OwnedBuckets,
+    digest,
+    json_object,
+)
+from events.types import ObjectCreated, ObjectRemoved, StorageObjectEvent
+from events.wire import is_hex, parse_time
 
 SOURCE_NAME: Final = "MinIO"
 DEFAULT_EVENT_SOURCE: Final = "minio:s3"

@@ -49,7 +49,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from events.notifications import Adapted, Ignored, MalformedNotification, OwnedBuckets, digest, json_object
+from events.notifications import (
+    Adapted,
+    Ignored,
+    MalformedNotification,
+    OwnedBuckets,
+    digest,
+    json_object,
+)
 from events.types import ObjectCreated, ObjectRemoved, StorageObjectEvent
 
 SOURCE_NAME: Final = "SeaweedFS"

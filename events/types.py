@@ -16,21 +16,17 @@ exactly, and carries a small typed `data` instead of the raw S3 record.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import cache
-from importlib import resources
-from typing import Any, ClassVar, Final, Literal, TypeVar
+from datetime import datetime
+from typing import Any, ClassVar, Final, Literal
 from urllib.parse import unquote
 from uuid import UUID
 
 from cloudevents.http import CloudEvent
 
-SPEC_VERSION: Final = "1.0"
-JSON_CONTENT_TYPE: Final = "application/json"
+from events.wire import JSON_CONTENT_TYPE, SPEC_VERSION, InvalidEvent, Reader, cloudevent, format_time, hex_or_problem
+
 BUCKET_EXTENSION: Final = "bucket"
 # CloudEvents distributed-tracing extension (W3C trace context of the event; shared/platform/tracing.py).
 TRACEPARENT_EXTENSION: Final = "traceparent"
@@ -56,147 +52,7 @@ UPLOAD_ABANDONED: Final = "dev.dropgate.upload.abandoned"
 # -- Knative PingSource --
 PING: Final = "dev.knative.sources.ping"
 
-_HEX: Final = re.compile(r"[0-9A-Fa-f]+")
 Verdict = Literal["clean", "infected", "rejected", "unscannable"]
-T = TypeVar("T")
-
-
-class InvalidEvent(ValueError):
-    """A CloudEvent that is not one dropgate understands; `problems` names every reason."""
-
-    def __init__(self, problems: list[str], *, event_id: str | None = None):
-        self.problems = list(problems)
-        self.event_id = event_id
-        where = f"CloudEvent {event_id!r}" if event_id else "CloudEvent"
-        super().__init__(f"invalid {where}: " + "; ".join(self.problems))
-
-
-def format_time(value: datetime) -> str:
-    """RFC 3339 in UTC with a `Z`, microseconds only when there are some (round-trips exactly)."""
-    if value.tzinfo is None:
-        raise ValueError("event times must be timezone-aware")
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    """An RFC 3339 timestamp (`Z` or an offset, any fraction) as an aware UTC datetime."""
-    parsed = datetime.fromisoformat(text.strip())
-    if parsed.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone")
-    return parsed.astimezone(UTC)
-
-
-@cache
-def load_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of an event's `data`, from events/schemas/."""
-    return json.loads(resources.files("events").joinpath("schemas", name).read_text(encoding="utf-8"))
-
-
-class _Reader:
-    """Reads a CloudEvent's attributes and `data`, collecting every problem instead of stopping at the first."""
-
-    def __init__(self, event: CloudEvent, types: Mapping[str, object] | frozenset[str]):
-        self.problems: list[str] = []
-        self.attributes = dict(event.get_attributes())
-        self.id = self._attribute("id")
-        self.type = self._attribute("type")
-        self.source = self._attribute("source")
-        if self.type and self.type not in types:
-            self.problems.append(f"type {self.type!r} is not one of {', '.join(sorted(types))}")
-        self.time = self._time()
-        self.data = self._data(event.data)
-
-    def _attribute(self, name: str) -> str:
-        value = self.attributes.get(name)
-        if not isinstance(value, str) or not value:
-            self.problems.append(f"attribute {name} is required")
-            return ""
-        return value
-
-    def optional_attribute(self, name: str) -> str | None:
-        value = self.attributes.get(name)
-        return value if isinstance(value, str) and value else None
-
-    def _time(self) -> datetime:
-        raw = self.attributes.get("time")
-        if not isinstance(raw, str) or not raw:
-            self.problems.append("attribute time is required")
-            return datetime.fromtimestamp(0, UTC)
-        try:
-            return parse_time(raw)
-        except ValueError:
-            self.problems.append(f"attribute time {raw!r} is not an RFC 3339 timestamp")
-            return datetime.fromtimestamp(0, UTC)
-
-    def _data(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, bytes | str):
-            try:
-                data = json.loads(data)
-            except (ValueError, RecursionError):
-                self.problems.append("data is not JSON")
-                return {}
-        if not isinstance(data, dict):
-            self.problems.append("data must be a JSON object")
-            return {}
-        return data
-
-    # -- data fields --
-
-    def text(self, name: str, *, optional: bool = False) -> str | None:
-        value = self.data.get(name)
-        if value is None and optional:
-            return None
-        if not isinstance(value, str) or not value:
-            self.problems.append(f"data.{name} must be a non-empty string" + (" or null" if optional else ""))
-            return None
-        return value
-
-    def size(self, name: str) -> int | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            self.problems.append(f"data.{name} must be a non-negative integer or null")
-            return None
-        return value
-
-    def flag(self, name: str) -> bool:
-        value = self.data.get(name)
-        if not isinstance(value, bool):
-            self.problems.append(f"data.{name} must be true or false")
-            return False
-        return value
-
-    def upload_id(self) -> UUID:
-        """data.upload_id, which must also be the subject (dropgate's own events are about one upload)."""
-        raw = self.data.get("upload_id")
-        try:
-            upload_id = UUID(raw) if isinstance(raw, str) else None
-        except ValueError:
-            upload_id = None
-        if upload_id is None:
-            self.problems.append("data.upload_id must be a UUID")
-            return UUID(int=0)
-        subject = self.attributes.get("subject")
-        if subject != str(upload_id):
-            self.problems.append(f"subject {subject!r} must be the upload id {upload_id}")
-        return upload_id
-
-    def done(self, make: type[T], **fields: Any) -> T:
-        if not self.problems:
-            try:
-                return make(**fields)
-            except ValueError as exc:  # an invariant of the class that the checks above did not name
-                self.problems.append(str(exc))
-        raise InvalidEvent(self.problems, event_id=self.id or None)
-
-
-def _cloudevent(*, type_: str, source: str, id_: str, time: datetime, subject: str, data: dict[str, Any],
-                extensions: Mapping[str, str] | None = None) -> CloudEvent:
-    attributes = {"specversion": SPEC_VERSION, "type": type_, "source": source, "id": id_,
-                  "time": format_time(time), "subject": subject, "datacontenttype": JSON_CONTENT_TYPE,
-                  **(extensions or {})}
-    return CloudEvent(attributes, data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +119,7 @@ class StorageObjectEvent:
         extensions = {BUCKET_EXTENSION: self.bucket}
         if self.traceparent:
             extensions[TRACEPARENT_EXTENSION] = self.traceparent
-        return _cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time, subject=self.key,
+        return cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time, subject=self.key,
                            data=self.data(), extensions=extensions)
 
     @classmethod
@@ -271,7 +127,7 @@ class StorageObjectEvent:
         kinds = {S3_TYPE_PREFIX + name: kind for kind in (ObjectCreated, ObjectRemoved) for name in kind.NAMES}
         if cls is not StorageObjectEvent:
             kinds = {t: kind for t, kind in kinds.items() if kind is cls}
-        read = _Reader(event, frozenset(kinds))
+        read = Reader(event, frozenset(kinds))
         bucket = read.text("bucket") or ""
         key = read.text("key") or ""
         event_source, region = "", ""
@@ -291,22 +147,10 @@ class StorageObjectEvent:
         fields = dict(
             id=read.id, event_name=read.type.removeprefix(S3_TYPE_PREFIX), event_source=event_source, region=region,
             bucket=bucket, key=key, time=read.time, size=read.size("size"), etag=read.text("etag", optional=True),
-            sequencer=_hex_or_problem(read, "sequencer"), content_type=read.text("content_type", optional=True),
+            sequencer=hex_or_problem(read, "sequencer"), content_type=read.text("content_type", optional=True),
             version_id=read.text("version_id", optional=True),
             traceparent=read.optional_attribute(TRACEPARENT_EXTENSION))
         return read.done(kinds.get(read.type, ObjectCreated), **fields)
-
-
-def is_hex(text: str) -> bool:
-    return bool(_HEX.fullmatch(text))
-
-
-def _hex_or_problem(read: _Reader, name: str) -> str | None:
-    value = read.text(name, optional=True)
-    if value is not None and not is_hex(value):
-        read.problems.append(f"data.{name} must be hexadecimal")
-        return None
-    return value
 
 
 @dataclass(frozen=True)
@@ -373,12 +217,12 @@ class ScanVerdict:
                 "rescan": self.rescan}
 
     def to_cloudevent(self) -> CloudEvent:
-        return _cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time,
+        return cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time,
                            subject=str(self.upload_id), data=self.data())
 
     @classmethod
     def from_cloudevent(cls, event: CloudEvent) -> ScanVerdict:
-        read = _Reader(event, cls.TYPES)
+        read = Reader(event, cls.TYPES)
         verdict = cls.TYPES.get(read.type)
         if verdict is not None and read.data.get("verdict") != verdict:
             read.problems.append(f"data.verdict {read.data.get('verdict')!r} must be {verdict!r} for type {read.type}")
@@ -431,12 +275,12 @@ class MetadataRecorded:
                 "content_type": self.content_type, "sequencer": self.sequencer}
 
     def to_cloudevent(self) -> CloudEvent:
-        return _cloudevent(type_=METADATA_RECORDED, source=self.source, id_=self.id, time=self.time,
+        return cloudevent(type_=METADATA_RECORDED, source=self.source, id_=self.id, time=self.time,
                            subject=str(self.upload_id), data=self.data())
 
     @classmethod
     def from_cloudevent(cls, event: CloudEvent) -> MetadataRecorded:
-        read = _Reader(event, frozenset({METADATA_RECORDED}))
+        read = Reader(event, frozenset({METADATA_RECORDED}))
         storage_type = read.text("storage_event_type")
         if storage_type and not storage_type.startswith(S3_TYPE_PREFIX):
             read.problems.append(f"data.storage_event_type {storage_type!r} must start with {S3_TYPE_PREFIX}")
@@ -445,7 +289,7 @@ class MetadataRecorded:
                       storage_event_id=read.text("storage_event_id"), storage_event_type=storage_type,
                       status=read.text("status"), present=read.flag("present"), size=read.size("size"),
                       etag=read.text("etag", optional=True), content_type=read.text("content_type", optional=True),
-                      sequencer=_hex_or_problem(read, "sequencer"))
+                      sequencer=hex_or_problem(read, "sequencer"))
         return read.done(cls, **fields)
 
 
@@ -479,12 +323,12 @@ class UploadEnded:
                 "reason": self.reason, "object_deleted": self.object_deleted}
 
     def to_cloudevent(self) -> CloudEvent:
-        return _cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time,
+        return cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time,
                            subject=str(self.upload_id), data=self.data())
 
     @classmethod
     def from_cloudevent(cls, event: CloudEvent) -> UploadEnded:
-        read = _Reader(event, cls.TYPES)
+        read = Reader(event, cls.TYPES)
         outcome = cls.TYPES.get(read.type)
         if outcome is not None and read.data.get("outcome") != outcome:
             read.problems.append(f"data.outcome {read.data.get('outcome')!r} must be {outcome!r} for type {read.type}")
@@ -538,7 +382,7 @@ class Ping:
     def from_cloudevent(cls, event: CloudEvent) -> Ping:
         # A PingSource without data sends none at all: that is a tick too.
         data = event.data if event.data not in (None, b"", "") else {}
-        read = _Reader(CloudEvent(dict(event.get_attributes()), data), frozenset({PING}))
+        read = Reader(CloudEvent(dict(event.get_attributes()), data), frozenset({PING}))
         parts = read.source.split("/") if read.source else []
         if read.source and (len(parts) != 7 or not read.source.startswith(cls._SOURCE_PREFIX)
                             or parts[5] != "pingsources" or not parts[4] or not parts[6]):

@@ -11,6 +11,7 @@ Layers, lowest first; each imports only from itself and the layers below it:
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -102,9 +103,14 @@ def test_no_status_is_spelled_outside_the_model() -> None:
 
 @pytest.fixture(scope="module")
 def product_wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """Built from what the Dockerfile copies into its build stage, and nothing else (no build/ left in the repo)."""
+    source, out = tmp_path_factory.mktemp("context"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("shared", "events"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check",
-                    "-w", str(out), str(ROOT)], check=True, timeout=600)
+                    "-w", str(out), str(source)], check=True, timeout=600)
     [wheel] = out.glob("dropgate-*.whl")
     return wheel
 
@@ -130,3 +136,14 @@ def test_the_contract_s_verdicts_are_the_model_s() -> None:
     from shared.uploads.model import VERDICTS, values
 
     assert sorted(typing.get_args(Verdict)) == values(VERDICTS) == sorted(ScanVerdict.TYPES.values())
+
+
+# The target is ~400 lines a module (issue 17); this ceiling keeps the split from sliding back while
+# the last few (retention/expiry.py, platform/settings.py, scanning/archives.py) are brought under it.
+MODULE_LINE_CEILING = 500
+
+
+def test_no_product_module_is_too_long_to_read() -> None:
+    long = {str(p.relative_to(ROOT)): n for p in product_files() if (n := len(p.read_text().splitlines())) >
+            MODULE_LINE_CEILING}
+    assert not long, long

@@ -9,7 +9,8 @@ import pytest
 from events.minio import parse_minio_notification
 from events.notifications import MalformedNotification, OwnedBuckets
 from events.seaweedfs import locate, parse_seaweedfs_notification
-from events.types import StorageObjectEvent, load_schema
+from events.types import StorageObjectEvent
+from events.wire import load_schema
 from tests.events import OWNED, adapt, all_pairs, as_plain, load_expected, load_input
 
 STORAGE_SCHEMA = jsonschema.Draft202012Validator(load_schema("storage-object.json"))

@@ -8,9 +8,8 @@ import pytest
 from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent, from_http
 
-from events import types
+from events import types, wire
 from events.types import (
-    InvalidEvent,
     MetadataRecorded,
     ObjectCreated,
     ObjectRemoved,
@@ -18,8 +17,8 @@ from events.types import (
     ScanVerdict,
     StorageObjectEvent,
     UploadEnded,
-    load_schema,
 )
+from events.wire import InvalidEvent, load_schema
 from shared.platform.delivery import to_http
 
 UPLOAD = UUID("0b7f9a3e-2222-4222-8333-444455556666")
@@ -190,7 +189,7 @@ def test_a_ping_without_data_and_one_from_elsewhere():
 
 
 def test_times_keep_their_precision_and_need_a_zone():
-    assert types.format_time(datetime(2026, 11, 25, 12, 0, tzinfo=UTC)) == "2026-11-25T12:00:00Z"
-    assert types.parse_time("2016-09-08T22:34:38.226Z") == datetime(2016, 9, 8, 22, 34, 38, 226000, tzinfo=UTC)
+    assert wire.format_time(datetime(2026, 11, 25, 12, 0, tzinfo=UTC)) == "2026-11-25T12:00:00Z"
+    assert wire.parse_time("2016-09-08T22:34:38.226Z") == datetime(2016, 9, 8, 22, 34, 38, 226000, tzinfo=UTC)
     with pytest.raises(ValueError):
-        types.parse_time("2026-11-25T12:00:00")
+        wire.parse_time("2026-11-25T12:00:00")

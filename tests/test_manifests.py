@@ -30,12 +30,8 @@ from dropgate_local.routing import (
     RoutingTable,
     parse_iso8601_duration,
 )
-from shared.platform.settings import (
-    Settings,
-    SettingsError,
-    parse_size,
-    required_variables,
-)
+from shared.platform.env import parse_size
+from shared.platform.settings import Settings, SettingsError, required_variables
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO.parent / "shared" / "schemas"

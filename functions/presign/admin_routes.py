@@ -8,7 +8,7 @@ from shared.platform.auth import ROLE_ADMIN
 from shared.platform.delivery import EventSink
 from shared.platform.errors import NotFound
 from shared.platform.http import Route, json_response, read_json
-from shared.uploads.service import Upload
+from shared.uploads.model import Upload
 
 
 def admin_caller(request: flask.Request) -> Actor:

@@ -8,7 +8,7 @@ from presign_context import caller, service, settings
 from shared.platform.auth import Principal
 from shared.platform.http import Route, json_response, read_json
 from shared.uploads import companion
-from shared.uploads.service import CompletedPart
+from shared.uploads.requests import CompletedPart
 
 
 def companion_create(request):

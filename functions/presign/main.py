@@ -12,7 +12,7 @@ from presign_context import OPENAPI, caller, instance, limit_argument, service, 
 
 from shared.platform.errors import BadRequest
 from shared.platform.http import HttpApp, Route, json_response, read_json
-from shared.uploads.service import CompletedPart, NewUpload, PartRequest
+from shared.uploads.requests import CompletedPart, NewUpload, PartRequest
 
 
 def create_upload(request):

@@ -32,7 +32,7 @@ from cloudevents.http import CloudEvent, from_http
 from opentelemetry.trace import SpanKind
 from psycopg_pool import PoolTimeout
 
-from events.types import InvalidEvent
+from events.wire import InvalidEvent
 from shared.platform import metrics, tracing
 from shared.platform.clamd import ScannerUnavailable
 from shared.platform.errors import (

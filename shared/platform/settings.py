@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
-from urllib.parse import urlparse
+from typing import Final
+
+from shared.platform.env import EnvReader
 
 KIB: Final = 1024
 MIB: Final = 1024 * KIB
@@ -28,9 +29,6 @@ S3_MAX_PARTS: Final = 10_000
 # Compliance ceiling: no file may be kept longer than this, whatever is configured.
 MAX_RETENTION_DAYS: Final = 30
 
-_SIZE_UNITS: Final = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
-                      "KIB": KIB, "MIB": MIB, "GIB": GIB}
-_SIZE_PATTERN: Final = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 _FORBIDDEN_JWT_ALGORITHMS: Final = frozenset({"none", "HS256", "HS384", "HS512"})
 SSE_ALGORITHMS: Final = ("AES256", "aws:kms", "none")
 TRACES_EXPORTERS: Final = ("none", "console", "otlp")
@@ -38,7 +36,6 @@ TRACES_EXPORTERS: Final = ("none", "console", "otlp")
 CONTENT_KINDS: Final = ("executable", "script", "active-markup", "java")
 _MEDIA_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})$")
 
-T = TypeVar("T")
 
 
 class SettingsError(ValueError):
@@ -48,107 +45,6 @@ class SettingsError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid dropgate configuration:\n{lines}")
-
-
-_REQUIRED: Final = object()
-
-
-class _EnvReader:
-    """Reads variables, collecting every problem instead of stopping at the first."""
-
-    def __init__(self, environ: Mapping[str, str]):
-        self._environ = environ
-        self.problems: list[str] = []
-
-    def _raw(self, name: str, default: object) -> str | None:
-        value = self._environ.get(name)
-        if value is None or value.strip() == "":
-            if default is _REQUIRED:
-                self.problems.append(f"{name} is required but not set")
-            return None
-        return value.strip()
-
-    def _parse(self, name: str, default: object, parse: Callable[[str], T], placeholder: T) -> T:
-        raw = self._raw(name, default)
-        if raw is None:
-            return placeholder if default is _REQUIRED else default  # type: ignore[return-value]
-        try:
-            return parse(raw)
-        except ValueError as exc:
-            self.problems.append(f"{name}={raw!r}: {exc}")
-            return placeholder
-
-    def text(self, name: str, default: object = _REQUIRED) -> str:
-        return self._parse(name, default, lambda raw: raw, "")
-
-    def optional_text(self, name: str) -> str | None:
-        return self._parse(name, None, lambda raw: raw, None)
-
-    def integer(self, name: str, default: object = _REQUIRED, *, minimum: int | None = None,
-                maximum: int | None = None) -> int:
-        return self._parse(name, default, lambda raw: _bounded(int(raw), minimum, maximum), 0)
-
-    def size(self, name: str, default: object = _REQUIRED, *, minimum: int | None = None,
-             maximum: int | None = None) -> int:
-        return self._parse(name, default, lambda raw: _bounded(parse_size(raw), minimum, maximum), 0)
-
-    def url(self, name: str, default: object = _REQUIRED) -> str:
-        return self._parse(name, default, _parse_url, "")
-
-    def optional_url(self, name: str) -> str | None:
-        return self._parse(name, None, _parse_url, None)
-
-    def words(self, name: str, default: object = _REQUIRED) -> tuple[str, ...]:
-        return self._parse(name, default, _parse_words, ())
-
-    def address(self, name: str, default: object = _REQUIRED) -> tuple[str, int]:
-        return self._parse(name, default, _parse_address, ("", 0))
-
-    def boolean(self, name: str, default: object = _REQUIRED) -> bool:
-        return self._parse(name, default, _parse_bool, False)
-
-
-def parse_size(raw: str) -> int:
-    """Byte count from '1073741824', '1GiB', '8 MiB' or '10MB' (decimal)."""
-    match = _SIZE_PATTERN.match(raw)
-    if not match or match.group(2).upper() not in _SIZE_UNITS:
-        raise ValueError("expected a byte size such as 8MiB, 1GiB or 1048576")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
-
-
-def _bounded(value: int, minimum: int | None, maximum: int | None) -> int:
-    if minimum is not None and value < minimum:
-        raise ValueError(f"must be at least {minimum}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"must be at most {maximum}")
-    return value
-
-
-def _parse_url(raw: str) -> str:
-    parsed = urlparse(raw)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("expected an http(s) URL such as http://127.0.0.1:8333")
-    return raw.rstrip("/")
-
-
-def _parse_words(raw: str) -> tuple[str, ...]:
-    return tuple(word.strip() for word in raw.split(",") if word.strip())
-
-
-def _parse_address(raw: str) -> tuple[str, int]:
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected host:port such as 127.0.0.1:3310")
-    return host.strip("[]"), int(port)
-
-
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
 
 
 @dataclass(frozen=True)
@@ -170,7 +66,7 @@ class StorageSettings:
     sse_kms_key_id: str | None = None
 
     @classmethod
-    def read(cls, env: _EnvReader) -> StorageSettings:
+    def read(cls, env: EnvReader) -> StorageSettings:
         endpoint = env.optional_url("DROPGATE_S3_ENDPOINT")
         sse = env.text("DROPGATE_SSE", "AES256")
         kms_key_id = env.optional_text("DROPGATE_SSE_KMS_KEY_ID")
@@ -201,7 +97,7 @@ class DatabaseSettings:
     connect_timeout_seconds: int
 
     @classmethod
-    def read(cls, env: _EnvReader) -> DatabaseSettings:
+    def read(cls, env: EnvReader) -> DatabaseSettings:
         url = env.text("DATABASE_URL")
         if url and not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
             env.problems.append("DATABASE_URL: expected postgresql://... or a libpq key=value string")
@@ -238,7 +134,7 @@ class ClamdSettings:
     max_scan_time_ms: int = 300_000  # MaxScanTime: inside Knative's request timeout for scan
 
     @classmethod
-    def read(cls, env: _EnvReader) -> ClamdSettings:
+    def read(cls, env: EnvReader) -> ClamdSettings:
         host, port = env.address("DROPGATE_CLAMD_ADDRESS", ("127.0.0.1", 3310))
         return cls(
             host=host,
@@ -294,7 +190,7 @@ class AuthSettings:
     jwks_refresh_cooldown_seconds: int
 
     @classmethod
-    def read(cls, env: _EnvReader) -> AuthSettings:
+    def read(cls, env: EnvReader) -> AuthSettings:
         algorithms = env.words("DROPGATE_JWT_ALGORITHMS", ("RS256", "ES256"))
         forbidden = sorted(set(algorithms) & _FORBIDDEN_JWT_ALGORITHMS)
         if forbidden:
@@ -324,7 +220,7 @@ class LimitSettings:
     retention_days: int
 
     @classmethod
-    def read(cls, env: _EnvReader) -> LimitSettings:
+    def read(cls, env: EnvReader) -> LimitSettings:
         return cls(
             max_upload_size=env.size("DROPGATE_MAX_UPLOAD_SIZE", GIB, minimum=1,
                                      maximum=S3_MAX_PARTS * S3_MAX_PART_SIZE),
@@ -348,7 +244,7 @@ class ContentSettings:
     denied_content: frozenset[str]  # of CONTENT_KINDS, refused whatever the allow-list says
 
     @classmethod
-    def read(cls, env: _EnvReader) -> ContentSettings:
+    def read(cls, env: EnvReader) -> ContentSettings:
         allowed = tuple(p.lower() for p in env.words("DROPGATE_ALLOWED_CONTENT_TYPES", ("*",)))
         bad = [p for p in allowed if p != "*" and not _MEDIA_PATTERN.match(p)]
         if bad or not allowed:
@@ -376,7 +272,7 @@ class EventSettings:
     emit_on_complete: bool = False
 
     @classmethod
-    def read(cls, env: _EnvReader) -> EventSettings:
+    def read(cls, env: EnvReader) -> EventSettings:
         return cls(
             sink_url=env.optional_url("K_SINK"),
             webhook_token=env.optional_text("DROPGATE_WEBHOOK_TOKEN"),
@@ -399,7 +295,7 @@ class RetentionSettings:
     time_budget_seconds: int  # a pass stops starting new work after this
 
     @classmethod
-    def read(cls, env: _EnvReader) -> RetentionSettings:
+    def read(cls, env: EnvReader) -> RetentionSettings:
         return cls(
             batch_size=env.integer("DROPGATE_EXPIRE_BATCH_SIZE", 500, minimum=1, maximum=1000),
             max_files=env.integer("DROPGATE_EXPIRE_MAX_FILES", 10_000, minimum=1),
@@ -420,7 +316,7 @@ class ObservabilitySettings:
     metrics_token: str | None  # DROPGATE_METRICS_TOKEN: when set, GET /metrics needs it as a bearer token
 
     @classmethod
-    def read(cls, env: _EnvReader) -> ObservabilitySettings:
+    def read(cls, env: EnvReader) -> ObservabilitySettings:
         exporter = env.text("OTEL_TRACES_EXPORTER", "none").lower()
         if exporter not in TRACES_EXPORTERS:
             env.problems.append(f"OTEL_TRACES_EXPORTER={exporter!r}: expected one of {', '.join(TRACES_EXPORTERS)}")
@@ -445,7 +341,7 @@ class ReconcileSettings:
     rescan_max_per_run: int = 2000  # rescan requests per pass; the rest follow on the next ping
 
     @classmethod
-    def read(cls, env: _EnvReader) -> ReconcileSettings:
+    def read(cls, env: EnvReader) -> ReconcileSettings:
         return cls(
             # Well below the stale age (24 h), after which expire abandons a pending upload and deletes its object.
             grace_seconds=env.integer("DROPGATE_RECONCILE_GRACE", 600, minimum=60, maximum=6 * 3600),
@@ -531,7 +427,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, sections: Iterable[str], environ: Mapping[str, str] | None = None) -> Settings:
-        env = _EnvReader(os.environ if environ is None else environ)
+        env = EnvReader(os.environ if environ is None else environ)
         loaded = {}
         for name in sections:
             if name not in _SECTIONS:

@@ -172,9 +172,18 @@ class IncompleteRead(IOError):
 MISSING_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
 
 
+def error_code(exc: ClientError) -> str:
+    """The S3 error code of a refusal ("NoSuchKey", "AccessDenied", ...); "" when storage sent none."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
 def is_missing(exc: ClientError) -> bool:
     """Whether storage said the object (or version) is not there."""
-    return str(exc.response.get("Error", {}).get("Code", "")) in MISSING_CODES
+    return error_code(exc) in MISSING_CODES
 
 
 def list_versions(client: BaseClient, bucket: str, key: str) -> list[dict[str, str]]:

@@ -42,8 +42,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -58,15 +57,15 @@ from shared.platform import audit
 from shared.platform.audit import Actor
 from shared.platform.logs import log_event
 from shared.platform.settings import MAX_RETENTION_DAYS, StorageSettings
-from shared.platform.storage import list_versions
+from shared.platform.storage import error_code, http_status
 from shared.retention.cursors import lock_cursor, save_cursor
+from shared.retention.deleter import ObjectDeleter
 from shared.uploads.model import COMPLETED, GONE, QUARANTINED, values
 from shared.uploads.model import MAY_BE_IN_QUARANTINE as _MAY_BE_IN_QUARANTINE
 
 logger = logging.getLogger("dropgate.retention")
 
 ACTOR: Final = Actor.system("expire")
-S3_MAX_DELETE_KEYS: Final = 1000  # DeleteObjects takes at most 1,000 keys a request
 S3_MAX_LIST_KEYS: Final = 1000
 
 ENDED: Final = values(GONE)
@@ -78,7 +77,6 @@ IN_QUARANTINE: Final = values(QUARANTINED)
 # an upload the reconcile pass gave up on, which stayed where it was).
 MAY_BE_IN_QUARANTINE: Final = values(_MAY_BE_IN_QUARANTINE)
 _MAX_ERRORS_REPORTED: Final = 50
-_VERSION_LISTING_THREADS: Final = 8
 _MISSING_CODES: Final = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
 
 Publish = Callable[[Sequence[UploadEnded]], None]
@@ -159,7 +157,7 @@ class RetentionJob:
         self._source = source  # "<DROPGATE_EVENT_SOURCE>/expire"
         self._publish = publish
         self.bounds = bounds
-        self._objects = _ObjectDeleter(s3)
+        self._objects = ObjectDeleter(s3)
         self._deadline = time.monotonic() + bounds.time_budget.total_seconds()
         self._now = clock()
         self.summary = RetentionSummary(run_id=uuid.uuid4().hex, trigger=None, started_at=self._now)
@@ -321,11 +319,11 @@ class RetentionJob:
         try:
             self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         except ClientError as exc:
-            if _code(exc) in _MISSING_CODES:
+            if error_code(exc) in _MISSING_CODES:
                 return None
-            if _status(exc) >= 500:
+            if http_status(exc) >= 500:
                 raise
-            return f"AbortMultipartUpload: {_code(exc)}"
+            return f"AbortMultipartUpload: {error_code(exc)}"
         return None
 
     # -- 3. multipart uploads no live upload owns --
@@ -484,69 +482,7 @@ class RetentionJob:
                 self._s3.head_object(Bucket=bucket, Key=row["object_key"])
                 return True
             except ClientError as exc:
-                if _code(exc) in _MISSING_CODES:
+                if error_code(exc) in _MISSING_CODES:
                     continue
                 raise
         return False
-
-
-class _ObjectDeleter:
-    """DeleteObjects in requests of at most 1,000 keys; on a versioned bucket, every version of each key.
-
-    On a bucket with versioning (MinIO's uploads bucket has it for Object Lock), deleting a key
-    only adds a delete marker and the bytes stay; retention means the bytes go, so each version
-    (and marker) is deleted by its id. A version under an S3 legal hold or retention is refused
-    by storage per key, which leaves that upload for a later pass.
-    """
-
-    def __init__(self, s3: BaseClient):
-        self._s3 = s3
-        self._versioned: dict[str, bool] = {}
-
-    def is_versioned(self, bucket: str) -> bool:
-        if bucket not in self._versioned:
-            try:
-                status = self._s3.get_bucket_versioning(Bucket=bucket).get("Status")
-            except ClientError as exc:
-                if _status(exc) != 403:
-                    raise
-                # Not allowed to ask: deleting by version id is right on any bucket (an unversioned
-                # object is version "null"), it only costs a listing per key.
-                log_event(logger, "GetBucketVersioning refused; deleting by version", logging.WARNING, bucket=bucket)
-                status = "Unknown"
-            self._versioned[bucket] = status in ("Enabled", "Suspended", "Unknown")
-        return self._versioned[bucket]
-
-    def delete(self, targets: dict[str, list[str]], summary: RetentionSummary) -> dict[tuple[str, str], str]:
-        """Delete each bucket's keys; return the (bucket, key) pairs storage refused, with why."""
-        refused: dict[tuple[str, str], str] = {}
-        for bucket, keys in targets.items():
-            if not keys:
-                continue
-            if self.is_versioned(bucket):
-                # One listing per key; a few in parallel (boto3 clients are thread-safe).
-                with ThreadPoolExecutor(_VERSION_LISTING_THREADS) as pool:
-                    listed = pool.map(lambda key: list_versions(self._s3, bucket, key), keys)
-                    entries = [entry for versions in listed for entry in versions]
-            else:
-                entries = [{"Key": key} for key in keys]
-            for chunk in _chunks(entries, S3_MAX_DELETE_KEYS):
-                response = self._s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
-                summary.delete_requests += 1
-                errors = response.get("Errors", [])
-                summary.objects_deleted += len(chunk) - len(errors)
-                for error in errors:
-                    refused[(bucket, error["Key"])] = f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
-        return refused
-
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)

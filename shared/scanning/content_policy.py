@@ -346,7 +346,7 @@ def _malformed(content_type: str) -> str | None:
 
 
 def _clean_name(filename: str) -> str:
-    """The name as shared.uploads.service.sanitise_filename stores it, so the check sees the name users download."""
+    """The name as shared.uploads.requests.sanitise_filename stores it, so the check sees the name users download."""
     name = unicodedata.normalize("NFC", filename).replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and ch not in '"<>:|?*')
     return name.strip().strip(".").strip()

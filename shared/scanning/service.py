@@ -32,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import queue
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -57,6 +55,7 @@ from shared.platform.storage import IncompleteRead, is_missing
 from shared.scanning import archives, blocklist
 from shared.scanning import content_policy as content
 from shared.scanning.quarantine import move_to_quarantine, restore_from_quarantine
+from shared.scanning.stream import MeasuredStream
 from shared.uploads.model import (
     AWAITING_VERDICT,
     DOWNLOADABLE,
@@ -125,88 +124,6 @@ def _release_lock(conn: psycopg.Connection, name: str) -> None:
         conn.commit()
     except psycopg.Error:
         conn.close()  # the pool discards a closed connection; its session, and the lock, end with it
-
-
-class _MeasuredStream:
-    """Yields the object's chunks while hashing them, counting bytes and keeping the head for sniffing.
-
-    A reader thread fetches (and hashes) up to `PREFETCH_CHUNKS` chunks ahead while the
-    caller sends the previous ones to clamd, so storage and clamd work at the same time;
-    memory stays bounded by the queue.
-    """
-
-    PREFETCH_CHUNKS: Final = 4
-
-    def __init__(self, body: Any, chunk_size: int, expected_length: int, declared_type: str = "") -> None:
-        self._body = body
-        # Declared markup is searched too: an HTML fragment sniffs as plain text, yet a browser runs it.
-        self._declared_markup = content.kind_of(declared_type.split(";")[0].strip().lower()) == "markup"
-        self._chunk_size = chunk_size
-        self.expected_length = expected_length
-        self.sha256 = hashlib.sha256()
-        self.length = 0
-        self.head = b""
-        self.markup: content.ActiveMarkup | None = None  # set when the file is HTML/SVG/XHTML
-        self.finished = False
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=self.PREFETCH_CHUNKS)
-        self._stop = threading.Event()
-
-    def _read_ahead(self) -> None:
-        try:
-            while not self._stop.is_set():
-                chunk = self._body.read(self._chunk_size)
-                if not chunk:
-                    break
-                self.sha256.update(chunk)
-                self._put(chunk)
-            self._put(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which raises it
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException | None) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def _watch_markup(self) -> None:
-        """Markup can carry script anywhere, not only in the head: such files are searched whole."""
-        if self._declared_markup or content.kind_of(content.sniff(self.head)) == "markup":
-            self.markup = content.ActiveMarkup()
-            self.markup.feed(self.head)  # every byte so far; the caller feeds what follows, once
-
-    def __iter__(self) -> Iterator[bytes]:
-        reader = threading.Thread(target=self._read_ahead, name="scan-read-ahead", daemon=True)
-        reader.start()
-        try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                self.length += len(item)
-                rest = item
-                if len(self.head) < content.SNIFF_BYTES:
-                    taken = content.SNIFF_BYTES - len(self.head)
-                    self.head += item[:taken]
-                    rest = item[taken:]
-                    if len(self.head) >= content.SNIFF_BYTES:
-                        self._watch_markup()
-                if self.markup is not None and rest:
-                    self.markup.feed(rest)
-                yield item
-        finally:
-            # The consumer stopped (done, clamd gone, or an error): let the reader finish.
-            self._stop.set()
-            reader.join(timeout=30)
-        if len(self.head) < content.SNIFF_BYTES:
-            self._watch_markup()  # a file shorter than the sniffed window
-        if self.length != self.expected_length:
-            raise IncompleteRead(f"storage sent {self.length} of {self.expected_length} bytes")
-        self.finished = True
 
 
 class ObjectScanner:
@@ -311,9 +228,9 @@ class ObjectScanner:
         return self._record(upload, bucket, decision, stream.sha256.hexdigest(), stream.length, detected,
                             datetime.now(UTC), event_id, signature_version, started)
 
-    def _stream_through_clamd(self, upload: dict[str, Any]) -> tuple[str, _MeasuredStream, ClamdReply, str | None]:
+    def _stream_through_clamd(self, upload: dict[str, Any]) -> tuple[str, MeasuredStream, ClamdReply, str | None]:
         bucket, body, length, version_id = self._open(upload)
-        stream = _MeasuredStream(body, self._chunk_size, length, upload["content_type"])
+        stream = MeasuredStream(body, self._chunk_size, length, upload["content_type"])
         try:
             reply = self._scanner.scan_chunks(stream)
         finally:
@@ -342,7 +259,7 @@ class ObjectScanner:
         # Deleted before it could be scanned: a retry cannot help (a 4xx goes to the dead-letter sink).
         raise Gone(f"object {key} is in neither {upload['bucket']} nor the quarantine bucket")
 
-    def _decide(self, upload: dict[str, Any], reply: ClamdReply, stream: _MeasuredStream, bucket: str,
+    def _decide(self, upload: dict[str, Any], reply: ClamdReply, stream: MeasuredStream, bucket: str,
                 version_id: str | None) -> _Decision:
         """The verdict, in the module docstring's order of precedence."""
         if reply.outcome == "infected":

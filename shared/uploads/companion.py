@@ -24,7 +24,8 @@ from typing import Any
 
 from shared.platform.errors import BadRequest
 from shared.platform.settings import S3_MAX_PARTS, S3_MIN_PART_SIZE
-from shared.uploads.service import NewUpload, PartRequest, Upload
+from shared.uploads.model import Upload
+from shared.uploads.requests import NewUpload, PartRequest
 
 
 def uppy_default_part_size(size: int) -> int:

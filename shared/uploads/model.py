@@ -8,8 +8,10 @@ values as parameters (`status = ANY(%s)` with `values(AWAITING_VERDICT)`).
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Iterable
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 
 class UploadStatus(enum.StrEnum):
@@ -61,3 +63,43 @@ TRANSITIONS: Final[dict[UploadStatus, frozenset[UploadStatus]]] = {
 def values(statuses: Iterable[UploadStatus]) -> list[str]:
     """The database values of a group, sorted, for `status = ANY(%s)`."""
     return sorted(str(status) for status in statuses)
+
+
+# -- what the API shows of an upload and its stored parts --
+
+@dataclass(frozen=True)
+class Upload:
+    row: dict[str, Any]
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.row["id"]
+
+    @property
+    def status(self) -> str:
+        return self.row["status"]
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows of an upload."""
+        row = self.row
+        return {
+            "id": str(row["id"]), "key": row["object_key"], "upload_id": row["storage_upload_id"],
+            "filename": row["filename"], "content_type": row["content_type"], "size": row["declared_size"],
+            "part_size": row["part_size"], "part_count": row["part_count"], "status": row["status"],
+            "status_reason": row["status_reason"], "sha256": row["sha256"] or row["declared_sha256"],
+            "scan_verdict": row["scan_verdict"], "legal_hold": row["legal_hold"],
+            # Why a file is not downloadable, in words (e.g. "archive nested deeper than 17 levels").
+            "scan_detail": row["scan_detail"], "detected_type": row["detected_type"],
+            "created_at": row["created_at"].isoformat(), "expires_at": row["expires_at"].isoformat(),
+            "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
+        }
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    number: int
+    size: int
+    etag: str
+
+    def public(self) -> dict[str, Any]:
+        return {"number": self.number, "size": self.size, "etag": self.etag}

@@ -32,7 +32,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from events.notifications import digest
-from events.types import MetadataRecorded, StorageObjectEvent, is_hex
+from events.types import MetadataRecorded, StorageObjectEvent
+from events.wire import is_hex
 from shared.platform import audit
 from shared.platform.audit import Actor
 from shared.platform.logs import log_event
