@@ -11,7 +11,6 @@ Status codes, which decide whether storage redelivers:
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from events.notifications import Adapted, MalformedNotification, OwnedBuckets
 from events.seaweedfs import parse_seaweedfs_notification
 from events.types import StorageObjectEvent
 from shared.platform import tracing
+from shared.platform.auth import bearer_token, holds_secret
 from shared.platform.delivery import EventSink
 from shared.platform.errors import (
     BadRequest,
@@ -49,10 +49,9 @@ def require_bearer_token(authorization: str | None, expected: str | None) -> Non
     if not expected:
         raise DependencyUnavailable("DROPGATE_WEBHOOK_TOKEN is not set: notifications are refused until it is",
                                     headers={"Retry-After": "60"})
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if bearer_token(authorization) is None:
         raise Unauthorized("a bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="dropgate"'})
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if not holds_secret(authorization, expected):
         raise Unauthorized("wrong bearer token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 

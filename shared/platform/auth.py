@@ -15,6 +15,7 @@ DROPGATE_JWKS_REFRESH_COOLDOWN seconds.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -44,6 +45,21 @@ class Principal:
         # Admins can do what uploaders can.
         if role not in self.roles and not self.is_admin:
             raise Forbidden(f"this needs the {role!r} role")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme is case-insensitive), else None.
+
+    The one parser of that header: user tokens, the storage webhook's and the metrics token all go through it.
+    """
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def holds_secret(authorization: str | None, secret: str) -> bool:
+    """Whether the header carries exactly `secret` as its bearer token; compared in constant time."""
+    token = bearer_token(authorization)
+    return token is not None and hmac.compare_digest(token.encode(), secret.encode())
 
 
 def _unauthorized(detail: str) -> Unauthorized:
@@ -77,10 +93,10 @@ class TokenVerifier:
             return self.verify(token_cookie.strip())
         if not authorization:
             raise _unauthorized("missing Authorization: Bearer token")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(authorization)
+        if token is None:
             raise _unauthorized("expected Authorization: Bearer <token>")
-        return self.verify(token.strip())
+        return self.verify(token)
 
     def verify(self, token: str) -> Principal:
         settings = self._settings

@@ -12,7 +12,6 @@ presign is public, and its counters are nobody else's business.
 
 from __future__ import annotations
 
-import hmac
 import typing
 from typing import Final
 
@@ -20,6 +19,7 @@ import flask
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from events.types import Verdict
+from shared.platform.auth import holds_secret
 
 METRICS_PATH: Final = "/metrics"
 
@@ -97,8 +97,7 @@ def exposition() -> bytes:
 
 def metrics_response(request: flask.Request) -> flask.Response:
     if _token is not None:
-        scheme, _, presented = (request.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), _token.encode()):
+        if not holds_secret(request.headers.get("Authorization"), _token):
             return flask.Response('{"error": "unauthorized", "detail": "GET /metrics needs the metrics token"}',
                                   status=401, mimetype="application/json",
                                   headers={"WWW-Authenticate": 'Bearer realm="dropgate-metrics"'})
