@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import statistics
 import threading
 import time
@@ -20,8 +19,8 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
+from dropgate_local.client import DropgateClient, UploadFailed, call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from dropgate_local.stack import HOST, LocalStack
@@ -45,26 +44,6 @@ class Timings:
             self.errors.append(message[:300])
 
 
-def _request(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-             ) -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-    try:
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
-
-
-def _timed(timings: Timings, name: str, method: str, url: str, **kwargs) -> tuple[int, dict[str, str], bytes]:  # noqa: ANN003
-    start = time.perf_counter()
-    status, headers, body = _request(method, url, **kwargs)
-    timings.add(name, time.perf_counter() - start)
-    return status, headers, body
-
-
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -82,32 +61,28 @@ class Payload:
 
 
 def upload_through_dropgate(presign: str, token: str, payload: Payload, timings: Timings) -> None:
-    import json
-
-    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    body = json.dumps({"filename": "bench.bin", "size": len(payload.data), "content_type": "application/octet-stream",
-                       "sha256": payload.sha256}).encode()
-    status, _, raw = _timed(timings, "create", "POST", f"{presign}/uploads", body=body, headers=auth)
-    if status != 201:
-        return timings.fail(f"create {status} {raw[:200]!r}")
-    upload = json.loads(raw)
-    body = json.dumps({"parts": [{"number": n, "sha256": s} for n, s in enumerate(payload.part_sha256, 1)]}).encode()
-    status, _, raw = _timed(timings, "sign parts", "POST", f"{presign}/uploads/{upload['id']}/parts", body=body,
-                            headers=auth)
-    if status != 200:
-        return timings.fail(f"sign {status} {raw[:200]!r}")
-    etags = []
-    for part in json.loads(raw)["parts"]:
-        status, headers, raw = _timed(timings, "part PUT", "PUT", part["url"], body=payload.parts[part["number"] - 1],
-                                      headers=part["headers"])
-        if status != 200:
-            return timings.fail(f"put {status} {raw[:200]!r}")
-        etags.append({"number": part["number"], "etag": headers["etag"].strip('"')})
-    status, _, raw = _timed(timings, "complete", "POST", f"{presign}/uploads/{upload['id']}/complete",
-                            body=json.dumps({"parts": etags}).encode(), headers=auth)
-    if status != 200:
-        timings.fail(f"complete {status} {raw[:200]!r}")
-    return None
+    """The browser's flow through dropgate's client; each call timed by step (create, sign parts, part PUT, complete)."""
+    client = DropgateClient(presign, token, observe=timings.add, timeout=300)
+    try:
+        created = client.create(filename="bench.bin", size=len(payload.data), sha256=payload.sha256)
+        if created.status != 201:
+            raise UploadFailed("create", created)
+        upload = created.json()
+        signed = client.sign(upload["id"], dict.fromkeys(range(1, len(payload.parts) + 1)),
+                             checksums=dict(enumerate(payload.part_sha256, 1)))
+        if signed.status != 200:
+            raise UploadFailed("sign", signed)
+        etags = {}
+        for part in signed.json()["parts"]:
+            reply = client.put_part(part, payload.parts[part["number"] - 1])
+            if reply.status != 200:
+                raise UploadFailed("put", reply)
+            etags[part["number"]] = (reply.header("ETag") or "").strip('"')
+        done = client.complete(upload["id"], etags)
+        if done.status != 200:
+            raise UploadFailed("complete", done)
+    except UploadFailed as failed:
+        timings.fail(str(failed))
 
 
 def upload_straight_to_storage(s3, bucket: str, payload: Payload, timings: Timings) -> None:  # noqa: ANN001
@@ -117,10 +92,13 @@ def upload_straight_to_storage(s3, bucket: str, payload: Payload, timings: Timin
     for number, part in enumerate(payload.parts, 1):
         url = s3.generate_presigned_url("upload_part", ExpiresIn=900, Params={
             "Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number, "ContentLength": len(part)})
-        status, headers, raw = _timed(timings, "part PUT", "PUT", url, body=part)
-        if status != 200:
-            return timings.fail(f"direct put {status} {raw[:200]!r}")
-        etags.append({"PartNumber": number, "ETag": headers["etag"]})
+        # The same HTTP client as dropgate's path (dropgate_local.client), so only the URLs differ.
+        started = time.perf_counter()
+        reply = call("PUT", url, data=part, timeout=300)
+        timings.add("part PUT", time.perf_counter() - started)
+        if reply.status != 200:
+            return timings.fail(f"direct put {reply.status} {reply.body[:200]!r}")
+        etags.append({"PartNumber": number, "ETag": reply.header("ETag")})
     s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": etags})
     return None
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
+from dropgate_local.client import call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from dropgate_local.stack import HOST, UPLOADS_BUCKET, LocalStack
@@ -35,7 +36,6 @@ from tests.browser.uploader_page import (
     write_payload,
 )
 from tests.conftest import EICAR
-from tests.http import call
 
 MIB = 1024 * 1024
 SMALL_REQUEST = 16 * 1024  # the largest API request the page may send presign (JSON of one part request)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from dropgate_local.client import Reply, call
 from dropgate_local.processes import free_port
 from shared.platform.storage import create_s3_client
-from tests.http import Reply, call
 from tests.test_presign import idp, presign_env, user  # noqa: F401 - idp is a fixture
 
 ALLOWED = "image/*,application/pdf"

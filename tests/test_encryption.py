@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dropgate_local.client import call
 from dropgate_local.processes import free_port
 from shared.platform.settings import Settings, SettingsError, StorageSettings
 from shared.platform.storage import create_s3_client, ensure_bucket, sse_arguments
 from tests.conftest import EICAR
-from tests.http import call
 from tests.test_pipeline import FINAL, dev_token, upload, wait_for_status  # noqa: F401 - fixture
 
 BASE_ENV = {"DROPGATE_S3_ACCESS_KEY": "a", "DROPGATE_S3_SECRET_KEY": "b"}

@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 from pytest_localserver.http import WSGIServer
 from werkzeug.wrappers import Request
 
+from dropgate_local.client import Reply, call
 from dropgate_local.processes import ChildProcess, free_port
 from events.types import ObjectCreated, Ping, UploadEnded
 from shared.platform.db import create_pool
@@ -37,7 +38,6 @@ from shared.platform.migrate import apply_migrations
 from shared.platform.settings import DatabaseSettings, StorageSettings
 from shared.platform.storage import create_s3_client, set_up_buckets
 from shared.retention.expiry import RetentionBounds, RetentionJob, RetentionSummary
-from tests.http import Reply, call
 
 MIB = 1024 * 1024
 PING_SOURCE = "/apis/v1/namespaces/dropgate/pingsources/dropgate-expire"

@@ -24,8 +24,8 @@ import schemathesis
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
+from dropgate_local.client import call
 from dropgate_local.processes import free_port
-from tests.http import call
 from tests.test_presign import IdentityProvider, idp, presign_env  # noqa: F401 - idp is a fixture
 
 OPENAPI = Path(__file__).resolve().parents[1] / "functions" / "presign" / "openapi.json"

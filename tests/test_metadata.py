@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from cloudevents.http import from_http
 
+from dropgate_local.client import call
 from dropgate_local.processes import free_port
 from events.types import (
     MetadataRecorded,
@@ -19,7 +20,6 @@ from events.types import (
 )
 from shared.platform.delivery import to_http
 from shared.uploads.storage_facts import is_newer
-from tests.http import call
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -23,12 +23,12 @@ import pytest
 from cloudevents.http import CloudEvent
 from prometheus_client.parser import text_string_to_metric_families
 
+from dropgate_local.client import DropgateClient, call
 from dropgate_local.processes import free_port
 from shared.platform import logs, metrics, tracing
 from shared.platform.http import CloudEventApp, HttpApp, Route, json_response
-from tests.http import call
 from tests.test_pipeline import FINAL, dev_token, router_events, wait_for_status  # noqa: F401 - fixture
-from tests.test_presign import b64sha, payload, split
+from tests.test_presign import payload
 
 TRACE_ID = secrets.token_hex(16)
 INCOMING = f"00-{TRACE_ID}-{secrets.token_hex(8)}-01"
@@ -114,24 +114,16 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 def traced_upload(presign: str, token: str, data: bytes, content_type: str, filename: str,
                   traceparent: str) -> tuple[dict, list[str]]:
     """The browser's upload, with a traceparent on the request that creates it; also the signed URLs it got."""
-    created = call("POST", f"{presign}/uploads", token=token, headers={"traceparent": traceparent}, json_body={
-        "filename": filename, "size": len(data), "content_type": content_type,
-        "sha256": hashlib.sha256(data).hexdigest()})
+    client = DropgateClient(presign, token)
+    created = client.create(filename=filename, size=len(data), content_type=content_type,
+                            sha256=hashlib.sha256(data).hexdigest(), headers={"traceparent": traceparent})
     assert created.status == 201, created.body
     assert tracing.trace_id_of(created.header("traceresponse")) == tracing.trace_id_of(traceparent)
     record = created.json()
-    chunks = split(data, record["part_size"])
-    signed = call("POST", f"{presign}/uploads/{record['id']}/parts", token=token, json_body={
-        "parts": [{"number": n, "sha256": b64sha(c)} for n, c in enumerate(chunks, 1)]}).json()["parts"]
-    etags = []
-    for part in signed:
-        reply = call("PUT", part["url"], data=chunks[part["number"] - 1],
-                     headers={k: v for k, v in part["headers"].items() if k != "Content-Length"})
-        assert reply.status == 200, reply.body
-        etags.append({"number": part["number"], "etag": reply.header("ETag")})
-    done = call("POST", f"{presign}/uploads/{record['id']}/complete", token=token, json_body={"parts": etags})
+    etags, urls = client.upload_parts(record, data)
+    done = client.complete(record["id"], etags)
     assert done.status == 200, done.body
-    return record, [part["url"] for part in signed]
+    return record, urls
 
 
 def log_lines(path: Path) -> list[dict]:

@@ -13,12 +13,12 @@ import psycopg
 import pytest
 
 from dropgate_local.cli import main
+from dropgate_local.client import call
 from dropgate_local.processes import free_port, http_ok
 from dropgate_local.stack import SOURCE_DIR
 from events.types import ObjectCreated
 from shared.platform.delivery import EventSink
 from tests.conftest import EICAR
-from tests.http import call
 from tests.test_pipeline import FINAL, dev_token, router_events, upload, wait_for_status  # noqa: F401 - fixture
 from tests.test_presign import payload
 

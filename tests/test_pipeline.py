@@ -18,10 +18,10 @@ import psutil
 import psycopg
 import pytest
 
+from dropgate_local.client import DropgateClient, call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from tests.conftest import EICAR
-from tests.http import call
-from tests.test_presign import MIB, b64sha, payload, split
+from tests.test_presign import MIB, payload
 
 FINAL = {"clean", "infected", "rejected", "unscannable"}
 
@@ -37,35 +37,11 @@ def dev_token(stack, running_functions):  # noqa: ANN201
 
 def upload(presign: str, token: str, data: bytes, content_type: str, filename: str,
            on_created=lambda record: None) -> dict:  # noqa: ANN001
-    created = call("POST", f"{presign}/uploads", token=token, json_body={
-        "filename": filename, "size": len(data), "content_type": content_type,
-        "sha256": hashlib.sha256(data).hexdigest()})
-    assert created.status == 201, created.body
-    record = created.json()
-    on_created(record)
-    chunks = split(data, record["part_size"])
-    signed = call("POST", f"{presign}/uploads/{record['id']}/parts", token=token, json_body={
-        "parts": [{"number": n, "sha256": b64sha(c)} for n, c in enumerate(chunks, 1)]}).json()["parts"]
-    etags = []
-    for part in signed:
-        reply = call("PUT", part["url"], data=chunks[part["number"] - 1],
-                     headers={k: v for k, v in part["headers"].items() if k != "Content-Length"})
-        assert reply.status == 200, reply.body
-        etags.append({"number": part["number"], "etag": reply.header("ETag")})
-    done = call("POST", f"{presign}/uploads/{record['id']}/complete", token=token, json_body={"parts": etags})
-    assert done.status == 200, done.body
-    return record
+    return DropgateClient(presign, token).upload(data, content_type, filename, on_created=on_created).record
 
 
 def wait_for_status(presign: str, token: str, upload_id: str, wanted: set[str], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = call("GET", f"{presign}/uploads/{upload_id}", token=token).json()
-        if current["status"] in wanted:
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"upload {upload_id} stayed {current['status']}; wanted {wanted}")
-        time.sleep(0.25)
+    return DropgateClient(presign, token).wait_for(upload_id, wanted, timeout)
 
 
 def router_events(stack) -> list[dict]:  # noqa: ANN001

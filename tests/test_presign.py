@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_localserver.http import ContentServer
 
+from dropgate_local.client import DropgateClient, Reply, b64sha, call, put_part, split
 from dropgate_local.processes import free_port
 from shared.platform.storage import create_s3_client
 from tests.conftest import UNWATCHED_ENV
-from tests.http import Reply, call
 
 MIB = 1024 * 1024
 PRESIGN_MAIN = Path(__file__).resolve().parents[1] / "functions" / "presign" / "main.py"
@@ -108,43 +108,19 @@ def payload(size: int, seed: int = 1) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def b64sha(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def split(data: bytes, part_size: int) -> list[bytes]:
-    return [data[i:i + part_size] for i in range(0, len(data), part_size)]
-
-
-def put_part(signed: dict, data: bytes) -> Reply:
-    # The browser sets Content-Length itself; every other listed header is sent as given.
-    headers = {k: v for k, v in signed["headers"].items() if k.lower() != "content-length"}
-    return call("PUT", signed["url"], data=data, headers=headers)
-
-
 def create(presign: str, token: str, data: bytes, **fields: object) -> Reply:
-    body = {"filename": "report.pdf", "size": len(data), "content_type": "application/pdf",
-            "sha256": hashlib.sha256(data).hexdigest(), **fields}
-    return call("POST", f"{presign}/uploads", json_body=body, token=token)
+    defaults = {"filename": "report.pdf", "size": len(data), "content_type": "application/pdf",
+                "sha256": hashlib.sha256(data).hexdigest()}
+    return DropgateClient(presign, token).create(**{**defaults, **fields})
 
 
 def upload_parts(presign: str, token: str, upload: dict, data: bytes, numbers: list[int] | None = None) -> dict[int, str]:
-    chunks = split(data, upload["part_size"])
-    numbers = numbers or list(range(1, len(chunks) + 1))
-    signed = call("POST", f"{presign}/uploads/{upload['id']}/parts", token=token,
-                  json_body={"parts": [{"number": n, "sha256": b64sha(chunks[n - 1])} for n in numbers]})
-    assert signed.status == 200, signed.body
-    etags = {}
-    for part in signed.json()["parts"]:
-        reply = put_part(part, chunks[part["number"] - 1])
-        assert reply.status == 200, reply.body
-        etags[part["number"]] = reply.header("ETag").strip('"')
+    etags, _ = DropgateClient(presign, token).upload_parts(upload, data, numbers)
     return etags
 
 
 def complete(presign: str, token: str, upload_id: str, etags: dict[int, str]) -> Reply:
-    return call("POST", f"{presign}/uploads/{upload_id}/complete", token=token,
-                json_body={"parts": [{"number": n, "etag": e} for n, e in sorted(etags.items())]})
+    return DropgateClient(presign, token).complete(upload_id, etags)
 
 
 def set_status(database_url: str, upload_id: str, status: str) -> None:

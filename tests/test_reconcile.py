@@ -34,6 +34,7 @@ from cloudevents.http import from_http
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from dropgate_local.client import Reply, call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import ChildProcess, free_port, http_ok, serving_worker
 from dropgate_local.router import load_manifests
@@ -64,7 +65,6 @@ from shared.retention.reconcile import (
     object_created_id,
 )
 from shared.scanning.service import ObjectScanner
-from tests.http import Reply, call
 from tests.test_expire import Clock
 from tests.test_pipeline import upload, wait_for_status
 

@@ -47,12 +47,12 @@ import psycopg
 import pytest
 
 from dropgate_local import ops
+from dropgate_local.client import Reply, b64sha, call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.stack import FUNCTIONS, LocalStack, StackPorts
 from shared.platform.storage import create_s3_client
 from tests.conftest import EICAR
-from tests.http import Reply, call
-from tests.test_presign import b64sha, payload
+from tests.test_presign import payload
 
 MIB = 1024 * 1024
 FINAL = ("clean", "infected", "rejected", "unscannable")

@@ -18,6 +18,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import from_http
 
 from dropgate_local import clamav
+from dropgate_local.client import DropgateClient, call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from events.types import ScanVerdict
@@ -25,9 +26,8 @@ from shared.platform.clamd import StreamingClamd
 from shared.scanning.rescan import request_rescans
 from tests import evasions
 from tests.conftest import EICAR, UNWATCHED_ENV
-from tests.http import call
 from tests.test_ops_cli import audit_actions, run_cli, wait_until
-from tests.test_pipeline import router_events, upload, wait_for_status
+from tests.test_pipeline import router_events
 from tests.test_scanning import (  # noqa: F401 - fixtures
     MIB,
     object_scanner,
@@ -193,9 +193,8 @@ def tokens(stack, running_functions):  # noqa: ANN201
 
 
 def uploaded(running_functions, token: str, data: bytes, content_type: str, filename: str) -> dict:
-    presign = running_functions["presign"]
-    record = upload(presign, token, data, content_type, filename)
-    return wait_for_status(presign, token, record["id"], FINAL)
+    client = DropgateClient(running_functions["presign"], token)
+    return client.wait_for(client.upload(data, content_type, filename).record["id"], FINAL)
 
 
 def test_blocklisting_a_hash_quarantines_stored_files_and_refuses_new_ones(running_functions, tokens, stack,

@@ -14,11 +14,11 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import from_http
 
 from dropgate_local import clamav
+from dropgate_local.client import call
 from dropgate_local.processes import PeakRss, free_port, serving_worker
 from events.types import ObjectCreated, ScanVerdict
 from shared.platform.storage import create_s3_client
 from tests.conftest import EICAR, UNWATCHED_ENV
-from tests.http import call
 from tests.test_scanning import stage, upload_row
 
 MIB = 1024 * 1024

@@ -31,11 +31,11 @@ from dataclasses import replace
 import psycopg
 import pytest
 
+from dropgate_local.client import DropgateClient, Reply, b64sha, call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from shared.platform.storage import create_s3_client, set_up_buckets
-from tests.http import Reply, call
-from tests.test_presign import b64sha, idp, payload, presign_env, put_part  # noqa: F401 - idp is a fixture
+from tests.test_presign import idp, payload, presign_env  # noqa: F401 - idp is a fixture
 
 MIB = 1024 * 1024
 KEY_SHAPE = re.compile(r"^uploads/\d{4}/\d{2}/\d{2}/[0-9a-f-]{36}$")
@@ -95,20 +95,12 @@ def assert_refused(reply: Reply, status: int, words: str) -> None:
 
 
 def create(presign: str, token: str, **fields: object) -> Reply:
-    body = {"filename": "a.bin", "size": 10, "content_type": "application/octet-stream", **fields}
-    return call("POST", f"{presign}/uploads", json_body=body, token=token)
+    defaults = {"filename": "a.bin", "size": 10, "content_type": "application/octet-stream"}
+    return DropgateClient(presign, token).create(**{**defaults, **fields})
 
 
 def upload_all_parts(presign: str, token: str, upload: dict, data: bytes) -> dict[int, str]:
-    chunks = [data[i:i + upload["part_size"]] for i in range(0, len(data), upload["part_size"])]
-    signed = call("POST", f"{presign}/uploads/{upload['id']}/parts", token=token,
-                  json_body={"parts": [{"number": n, "sha256": b64sha(c)} for n, c in enumerate(chunks, 1)]})
-    assert signed.status == 200, signed.body
-    etags = {}
-    for part in signed.json()["parts"]:
-        reply = put_part(part, chunks[part["number"] - 1])
-        assert reply.status == 200, reply.body
-        etags[part["number"]] = reply.header("ETag").strip('"')
+    etags, _ = DropgateClient(presign, token).upload_parts(upload, data)
     return etags
 
 

@@ -3,7 +3,13 @@
 import pytest
 
 from shared.platform.env import parse_size
-from shared.platform.settings import GIB, MIB, Settings, SettingsError, required_variables
+from shared.platform.settings import (
+    GIB,
+    MIB,
+    Settings,
+    SettingsError,
+    required_variables,
+)
 
 STORAGE_ENV = {"DROPGATE_S3_ACCESS_KEY": "key", "DROPGATE_S3_SECRET_KEY": "secret"}
 AUTH_ENV = {"DROPGATE_OIDC_ISSUER": "https://id.example/realms/x", "DROPGATE_OIDC_AUDIENCE": "dropgate",

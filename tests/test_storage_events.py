@@ -20,12 +20,12 @@ import psycopg
 import pytest
 from cloudevents.http import CloudEvent, from_http
 
+from dropgate_local.client import call
 from dropgate_local.processes import free_port
 from dropgate_local.stack import LocalStack, StackPorts
 from events.types import StorageObjectEvent
 from shared.platform import tracing
 from tests.events import as_plain, load_expected, load_input
-from tests.http import call
 
 WAIT_SECONDS = 45
 

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 
 from dropgate_local import clamav
+from dropgate_local.client import call
 from shared.platform.clamd import StreamingClamd
 from shared.platform.storage import create_s3_client, set_up_buckets
 from tests import evasions
 from tests.conftest import EICAR
-from tests.http import call
 from tests.test_pipeline import upload, wait_for_status
 from tests.test_scanning import (  # noqa: F401 - fixtures
     MIB,
