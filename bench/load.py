@@ -64,23 +64,9 @@ def upload_through_dropgate(presign: str, token: str, payload: Payload, timings:
     """The browser's flow through dropgate's client; each call timed by step (create, sign parts, part PUT, complete)."""
     client = DropgateClient(presign, token, observe=timings.add, timeout=300)
     try:
-        created = client.create(filename="bench.bin", size=len(payload.data), sha256=payload.sha256)
-        if created.status != 201:
-            raise UploadFailed("create", created)
-        upload = created.json()
-        signed = client.sign(upload["id"], dict.fromkeys(range(1, len(payload.parts) + 1)),
-                             checksums=dict(enumerate(payload.part_sha256, 1)))
-        if signed.status != 200:
-            raise UploadFailed("sign", signed)
-        etags = {}
-        for part in signed.json()["parts"]:
-            reply = client.put_part(part, payload.parts[part["number"] - 1])
-            if reply.status != 200:
-                raise UploadFailed("put", reply)
-            etags[part["number"]] = (reply.header("ETag") or "").strip('"')
-        done = client.complete(upload["id"], etags)
-        if done.status != 200:
-            raise UploadFailed("complete", done)
+        client.upload_from(filename="bench.bin", size=len(payload.data), sha256=payload.sha256,
+                           read_part=lambda number, _part_size: payload.parts[number - 1],
+                           checksums=dict(enumerate(payload.part_sha256, 1)))
     except UploadFailed as failed:
         timings.fail(str(failed))
 

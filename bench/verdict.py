@@ -11,7 +11,7 @@ from pathlib import Path
 
 import clamd
 
-from dropgate_local.client import DropgateClient, UploadFailed
+from dropgate_local.client import DropgateClient
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.stack import FUNCTIONS, HOST, LocalStack
 
@@ -20,26 +20,14 @@ MIB = 1024 * 1024
 
 def _upload(presign: str, token: str, path: Path, size: int) -> tuple[str, float]:
     """Upload a file part by part from disk (a 1 GiB file is never held whole); its id and when complete answered."""
-    client = DropgateClient(presign, token, timeout=300)
-    created = client.create(filename=path.name, size=size)
-    if created.status != 201:
-        raise UploadFailed("create", created)
-    upload = created.json()
-    signed = client.sign(upload["id"], dict.fromkeys(range(1, upload["part_count"] + 1)))
-    if signed.status != 200:
-        raise UploadFailed("sign", signed)
-    etags = {}
-    with path.open("rb") as source:
-        for part in signed.json()["parts"]:
-            source.seek((part["number"] - 1) * upload["part_size"])
-            reply = client.put_part(part, source.read(upload["part_size"]))
-            if reply.status != 200:
-                raise UploadFailed("put", reply)
-            etags[part["number"]] = (reply.header("ETag") or "").strip('"')
-    done = client.complete(upload["id"], etags)
-    if done.status != 200:
-        raise UploadFailed("complete", done)
-    return upload["id"], time.perf_counter()
+    def read_part(number: int, part_size: int) -> bytes:
+        with path.open("rb") as source:
+            source.seek((number - 1) * part_size)
+            return source.read(part_size)
+
+    uploaded = DropgateClient(presign, token, timeout=300).upload_from(filename=path.name, size=size,
+                                                                       read_part=read_part)
+    return uploaded.record["id"], time.perf_counter()
 
 
 def _wait_clean(presign: str, token: str, upload_id: str, timeout: float = 900) -> float:

@@ -146,17 +146,38 @@ class DropgateClient:
         """Sign and PUT these parts (all by default); their ETags by number, and the URLs used."""
         chunks = split(data, record["part_size"])
         wanted = list(numbers) if numbers is not None else list(range(1, len(chunks) + 1))
-        signed = self.sign(record["id"], {n: chunks[n - 1] for n in wanted})
+        return self._send_parts(record["id"], {n: chunks[n - 1] for n in wanted}, lambda n: chunks[n - 1])
+
+    def _send_parts(self, upload_id: str, to_sign: dict[int, bytes | None], read_part: Callable[[int], bytes],
+                    checksums: dict[int, str] | None = None) -> tuple[dict[int, str], list[str]]:
+        signed = self.sign(upload_id, to_sign, checksums=checksums)
         if signed.status != 200:
             raise UploadFailed("sign parts", signed)
         etags, urls = {}, []
         for part in signed.json()["parts"]:
-            reply = self.put_part(part, chunks[part["number"] - 1])
+            reply = self.put_part(part, read_part(part["number"]))
             if reply.status != 200:
                 raise UploadFailed(f"PUT part {part['number']}", reply)
             etags[part["number"]] = (reply.header("ETag") or "").strip('"')
             urls.append(part["url"])
         return etags, urls
+
+    def upload_from(self, *, filename: str, size: int, read_part: Callable[[int, int], bytes],
+                    sha256: str | None = None, checksums: dict[int, str] | None = None) -> Uploaded:
+        """The whole flow for bytes not held as one piece: `read_part(number, part_size)` gives each part.
+
+        `checksums` (base64 SHA-256 by part number), when known, bind each part URL without hashing again.
+        """
+        created = self.create(filename=filename, size=size, sha256=sha256)
+        if created.status != 201:
+            raise UploadFailed("create", created)
+        record = created.json()
+        etags, urls = self._send_parts(record["id"], dict.fromkeys(range(1, record["part_count"] + 1)),
+                                       lambda n: read_part(n, record["part_size"]), checksums)
+        done = self.complete(record["id"], etags)
+        if done.status != 200:
+            raise UploadFailed("complete", done)
+        return Uploaded(record=record, etags=etags, part_urls=tuple(urls))
 
     def upload(self, data: bytes, content_type: str, filename: str, *, declare_sha256: bool = True,
                create_headers: dict[str, str] | None = None,
