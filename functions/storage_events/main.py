@@ -1,7 +1,8 @@
 """storage_events: storage notification webhook -> CloudEvents to the broker (K_SINK).
 
-POST /minio      MinIO bucket notifications (webhook target, auth_token as bearer)
-POST /seaweedfs  SeaweedFS filer notifications (notification.webhook, bearer_token)
+POST /<backend>  one route per storage backend in events/backends.py:
+                 /minio      MinIO bucket notifications (webhook target, auth_token as bearer)
+                 /seaweedfs  SeaweedFS filer notifications (notification.webhook, bearer_token)
 Answers and status codes: shared/intake/webhook.py. Mapping rules: docs/events.md.
 
 Run: functions-framework --source functions/storage_events/main.py --target handle
@@ -16,7 +17,7 @@ from shared.platform.lifecycle import FunctionInstance
 
 instance = FunctionInstance("storage_events", ["events", "observability"])
 webhook = StorageWebhook(instance.settings.events, EventSink(instance.settings.events.sink_url))
-app = HttpApp(routes=[Route("POST", "/minio", webhook.minio), Route("POST", "/seaweedfs", webhook.seaweedfs)],
+app = HttpApp(routes=[Route("POST", f"/{backend}", webhook.receiver(backend)) for backend in webhook.backends()],
               health_checks=instance.health_checks())
 
 

@@ -18,9 +18,8 @@ from typing import Final
 
 import flask
 
-from events.minio import parse_minio_notification
+from events.backends import PARSERS
 from events.notifications import Adapted, MalformedNotification, OwnedBuckets
-from events.seaweedfs import parse_seaweedfs_notification
 from events.types import StorageObjectEvent
 from shared.platform import tracing
 from shared.platform.auth import bearer_token, holds_secret
@@ -65,7 +64,7 @@ def read_body(request: flask.Request, max_bytes: int = MAX_NOTIFICATION_BYTES) -
 
 
 class StorageWebhook:
-    """The two notification endpoints of one storage_events instance."""
+    """The notification endpoints of one storage_events instance: one per backend in `events.backends`."""
 
     def __init__(self, settings: EventSettings, sink: EventSink):
         self._settings = settings
@@ -77,13 +76,18 @@ class StorageWebhook:
         if not settings.sink_url:
             log_event(logger, "K_SINK is not set: every notification will be refused with 503", logging.ERROR)
 
-    def minio(self, request: flask.Request) -> flask.Response:
-        return self._receive(request, "minio", lambda body: parse_minio_notification(body, owned_buckets=self._owned))
+    @staticmethod
+    def backends() -> list[str]:
+        return sorted(PARSERS)
 
-    def seaweedfs(self, request: flask.Request) -> flask.Response:
-        received_at = datetime.now(UTC)
-        return self._receive(request, "seaweedfs", lambda body: parse_seaweedfs_notification(
-            body, owned_buckets=self._owned, received_at=received_at))
+    def receiver(self, storage: str) -> Callable[[flask.Request], flask.Response]:
+        """The handler of `POST /<storage>`."""
+        parse = PARSERS[storage]
+
+        def receive(request: flask.Request) -> flask.Response:
+            received_at = datetime.now(UTC)
+            return self._receive(request, storage, lambda body: parse(body, self._owned, received_at))
+        return receive
 
     def _receive(self, request: flask.Request, storage: str, adapt: Adapter) -> flask.Response:
         require_bearer_token(request.headers.get("Authorization"), self._settings.webhook_token)
