@@ -431,8 +431,8 @@ def _run_release(args: argparse.Namespace) -> int:
         row = admin.release(args.upload_id, _operator(args), args.reason)
     finally:
         admin.pool.close()
-    _print({"upload_id": str(row["id"]), "status": row["status"], "status_reason": row["status_reason"]}, args.json,
-           f"{row['id']} released: {row['status_reason']}")
+    _print({"upload_id": str(row.id), "status": str(row.status), "status_reason": row.status_reason}, args.json,
+           f"{row.id} released: {row.status_reason}")
     return 0
 
 

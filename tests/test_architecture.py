@@ -101,6 +101,48 @@ def test_no_status_is_spelled_outside_the_model() -> None:
     assert not tuples, "status groups kept outside shared/uploads/model.py: " + ", ".join(tuples)
 
 
+# Dicts of other shapes that share a key with an `uploads` column: (module, the name the code gives the dict).
+NOT_UPLOAD_ROWS = {
+    ("shared/platform/delivery.py", "event"): "a CloudEvent's attributes (id)",
+    ("shared/platform/http.py", "event"): "a CloudEvent's attributes (id)",
+    ("functions/presign/admin_routes.py", "body"): "a request's JSON body (sha256)",
+    ("shared/retention/reconcile.py", "after"): "the pending sweep's saved cursor position (created_at, id)",
+    ("shared/scanning/blocklist.py", "r"): "a sha256_blocklist row (sha256)",
+    ("shared/uploads/storage_facts.py", "location"): "a storage_objects row (etag, content_type)",
+}
+
+
+def column_subscripts(source: str) -> list[tuple[int, str, str]]:
+    """(line, what is subscripted, key) of every `x["<a column of uploads>"]` in a module's source."""
+    import dataclasses
+
+    from shared.uploads.model import UploadRow
+
+    columns = {field.name for field in dataclasses.fields(UploadRow)}
+    return sorted((node.lineno, ast.unparse(node.value), node.slice.value) for node in ast.walk(ast.parse(source))
+                  if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
+                  and node.slice.value in columns)
+
+
+def test_no_module_reads_an_upload_row_as_a_dict() -> None:
+    """Upload rows are shared/uploads/model.py's UploadRow (`upload.object_key`), never dicts keyed by column."""
+    found = []
+    for path in product_files():
+        if path.is_relative_to(ROOT / "events"):
+            continue  # the contract's JSON (bucket, key, etag...) is no row of the database
+        module = path.relative_to(ROOT).as_posix()
+        found += [f"{module}:{line}: {name}[{key!r}]" for line, name, key in column_subscripts(path.read_text())
+                  if (module, name) not in NOT_UPLOAD_ROWS]
+    assert not found, "read upload rows as UploadRow (a dict of another shape goes in NOT_UPLOAD_ROWS, with why):\n" \
+        + "\n".join(found)
+
+
+def test_the_row_rule_catches_a_dict_read() -> None:
+    source = 'row["object_key"]\nif upload[ "status" ] == "clean": pass\nentry["Key"]\nrows[-1]["created_at"]\n'
+    assert [(name, key) for _, name, key in column_subscripts(source)] == [
+        ("row", "object_key"), ("upload", "status"), ("rows[-1]", "created_at")]
+
+
 @pytest.fixture(scope="module")
 def product_wheel(tmp_path_factory) -> Path:
     """Built from what the Dockerfile copies into its build stage, and nothing else (no build/ left in the repo)."""

@@ -1,6 +1,10 @@
 """Migrations against the real PostgreSQL server."""
 
+import dataclasses
 import threading
+import types
+import typing
+import uuid
 
 import psycopg
 import pytest
@@ -11,6 +15,7 @@ from shared.platform.migrate import (
     apply_migrations,
     available_migrations,
 )
+from shared.uploads.model import UploadRow, UploadStatus, upload_row
 
 
 def tables(url):
@@ -82,3 +87,34 @@ def test_migrate_command_without_database_url_names_it(monkeypatch, capsys):
     monkeypatch.delenv("DATABASE_URL", raising=False)
     assert migrate.main() == 2
     assert "DATABASE_URL is required but not set" in capsys.readouterr().err
+
+
+def test_upload_row_has_one_field_per_column_of_uploads(fresh_database_url):
+    """shared/uploads/model.py's UploadRow is the one home of an upload row's shape: it follows every migration."""
+    apply_migrations(fresh_database_url)
+    with psycopg.connect(fresh_database_url) as conn:
+        columns = conn.execute("SELECT column_name, is_nullable FROM information_schema.columns"
+                               " WHERE table_schema = 'public' AND table_name = 'uploads'"
+                               " ORDER BY ordinal_position").fetchall()
+    fields = [field.name for field in dataclasses.fields(UploadRow)]
+    names = [name for name, _ in columns]
+    assert fields == names, (f"UploadRow lacks {sorted(set(names) - set(fields))}, has no column for "
+                             f"{sorted(set(fields) - set(names))}; its fields follow the table's column order")
+    hints = typing.get_type_hints(UploadRow)
+    optional = {name for name, hint in hints.items()
+                if isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)}
+    assert optional == {name for name, nullable in columns if nullable == "YES"}, "`| None` exactly where NULL fits"
+
+
+def test_a_whole_uploads_row_reads_as_an_upload_row(fresh_database_url):
+    apply_migrations(fresh_database_url)
+    upload_id = uuid.uuid4()
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO uploads (id, owner, bucket, object_key, filename, content_type, declared_size,"
+                     " part_size, part_count, expires_at) VALUES (%s, 'alice', 'b', 'k', 'f.pdf', 'application/pdf',"
+                     " 10, 8388608, 1, now() + interval '30 days')", (upload_id,))
+        row = conn.cursor(row_factory=upload_row).execute("SELECT * FROM uploads").fetchone()
+        as_dict = conn.cursor(row_factory=psycopg.rows.dict_row).execute("SELECT * FROM uploads").fetchone()
+    assert row == UploadRow.from_db(as_dict)
+    assert (row.id, row.status, row.legal_hold, row.redrive_attempts) == (upload_id, UploadStatus.PENDING, False, 0)
+    assert type(row.public()["status"]) is str and row.public()["status"] == "pending"

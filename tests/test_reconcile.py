@@ -65,6 +65,7 @@ from shared.retention.reconcile import (
     object_created_id,
 )
 from shared.scanning.service import ObjectScanner
+from shared.uploads.model import UploadRow, UploadStatus
 from tests.test_expire import Clock
 from tests.test_pipeline import upload, wait_for_status
 
@@ -85,9 +86,22 @@ def test_the_event_id_is_one_per_object_version() -> None:
     assert first.startswith("dropgate-") and len(first) == len("dropgate-") + 32
 
 
+def completed_upload_row() -> UploadRow:
+    """A whole `uploads` row: a completed 20 MiB upload waiting for its scan."""
+    created = datetime(2026, 11, 25, 13, 59, tzinfo=UTC)
+    return UploadRow(
+        id=uuid.UUID(int=1), owner="alice", bucket="dropgate-uploads", object_key="uploads/2026/11/25/k",
+        filename="k.pdf", content_type="application/pdf", declared_size=20 * MIB, part_size=8 * MIB, part_count=3,
+        storage_upload_id="mpu-1", status=UploadStatus.UPLOADED, declared_sha256=None, sha256=None,
+        etag="0123abcd-3", stored_size=20 * MIB, stored_content_type="application/pdf", scan_verdict=None,
+        scan_detail=None, scanned_at=None, legal_hold=False, storage_sequencer=None, storage_event_time=None,
+        created_at=created, updated_at=created, completed_at=created, expires_at=created + timedelta(days=30),
+        status_reason=None, redrive_attempts=0, last_redrive_at=None, detected_type=None, signature_version=None,
+        rescan_requested_version=None)
+
+
 def test_the_event_is_the_object_created_event_scan_accepts() -> None:
-    row = {"bucket": "dropgate-uploads", "object_key": "uploads/2026/11/25/k", "etag": "0123abcd-3",
-           "content_type": "application/pdf"}
+    row = completed_upload_row()
     modified = datetime(2026, 11, 25, 14, 0, 5, tzinfo=UTC)
     head = {"ETag": '"ignored-the-row-has-one"', "ContentLength": 20 * MIB, "ContentType": "application/pdf",
             "LastModified": modified, "Metadata": {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}}
@@ -98,7 +112,7 @@ def test_the_event_is_the_object_created_event_scan_accepts() -> None:
     assert (event.size, event.etag, event.sequencer, event.time) == (20 * MIB, "0123abcd-3", None, modified)
     parsed = ObjectCreated.from_cloudevent(from_http(*to_http(event.to_cloudevent())))
     assert parsed == event  # what scan and metadata parse, attribute by attribute
-    assert object_created_event({**row, "etag": None}, {**head, "ETag": '"plain"'}).type \
+    assert object_created_event(replace(row, etag=None), {**head, "ETag": '"plain"'}).type \
         == "com.amazonaws.s3.ObjectCreated:Put"
 
 
@@ -341,7 +355,7 @@ def test_a_scan_killed_midway_is_redriven(pipeline) -> None:
     token = p.token("rc-killed")
     data = hashlib.sha256(b"big").digest() * (100 * MIB // 32)
     record = upload(p.presign, token, data, "application/octet-stream", "big.bin")
-    row = upload_row(p.database_url, record["id"])
+    row = UploadRow.from_db(upload_row(p.database_url, record["id"]))
     event = object_created_event(row, p_head(p, record["key"]))
     worker = serving_worker(int(p.scan.rsplit(":", 1)[1]))
     answers: list[object] = []

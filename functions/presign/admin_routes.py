@@ -8,7 +8,6 @@ from shared.platform.auth import ROLE_ADMIN
 from shared.platform.delivery import EventSink
 from shared.platform.errors import NotFound
 from shared.platform.http import Route, json_response, read_json
-from shared.uploads.model import Upload
 
 
 def admin_caller(request: flask.Request) -> Actor:
@@ -20,7 +19,7 @@ def admin_caller(request: flask.Request) -> Actor:
 def admin_release(request, file_id):
     actor = admin_caller(request)
     released = verdict_admin().release(file_id, actor, read_json(request).get("reason"))
-    return json_response(200, Upload(released).public())
+    return json_response(200, released.public())
 
 
 def admin_blocklist(request):

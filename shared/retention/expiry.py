@@ -60,7 +60,15 @@ from shared.platform.settings import MAX_RETENTION_DAYS, StorageSettings
 from shared.platform.storage import error_code, http_status
 from shared.retention.cursors import lock_cursor, save_cursor
 from shared.retention.deleter import ObjectDeleter
-from shared.uploads.model import COMPLETED, GONE, QUARANTINED, values
+from shared.uploads.model import (
+    COMPLETED,
+    GONE,
+    QUARANTINED,
+    UploadRow,
+    UploadStatus,
+    upload_row,
+    values,
+)
 from shared.uploads.model import MAY_BE_IN_QUARANTINE as _MAY_BE_IN_QUARANTINE
 
 logger = logging.getLogger("dropgate.retention")
@@ -217,10 +225,10 @@ class RetentionJob:
                   "busy_since": self._now - self.bounds.orphan_grace}
         self._retire_in_batches(query, params, "expired", self._expiry_reason)
 
-    def _expiry_reason(self, row: dict[str, Any]) -> str:
-        if row["status"] == "pending":
+    def _expiry_reason(self, row: UploadRow) -> str:
+        if row.status == UploadStatus.PENDING:
             return "retention passed before the upload was completed"
-        if row["expires_at"] >= self._now:
+        if row.expires_at >= self._now:
             return f"older than the retention of {self._retention.days} days"
         return "retention passed"
 
@@ -237,7 +245,7 @@ class RetentionJob:
     # -- 1 and 2: lock a batch, change storage, mark, audit, publish, commit --
 
     def _retire_in_batches(self, query: str, params: dict[str, Any], outcome: str,
-                           reason: Callable[[dict[str, Any]], str]) -> None:
+                           reason: Callable[[UploadRow], str]) -> None:
         skip: list[uuid.UUID] = []  # rows this pass could not retire: not picked again by it
         done = self.summary.expired + self.summary.abandoned
         while not self._out_of_time():
@@ -246,7 +254,8 @@ class RetentionJob:
                 self.summary.more_work = True
                 return
             with self._pool.connection() as conn, conn.transaction():
-                rows = conn.execute(query, {**params, "skip": skip, "limit": limit}).fetchall()
+                rows = conn.cursor(row_factory=upload_row).execute(
+                    query, {**params, "skip": skip, "limit": limit}).fetchall()
                 if not rows:
                     return
                 failed = self._retire(conn, rows, outcome, reason)
@@ -255,40 +264,40 @@ class RetentionJob:
             if len(rows) < limit:
                 return
 
-    def _retire(self, conn: psycopg.Connection, rows: list[dict[str, Any]], outcome: str,
-                reason: Callable[[dict[str, Any]], str]) -> list[uuid.UUID]:
+    def _retire(self, conn: psycopg.Connection, rows: list[UploadRow], outcome: str,
+                reason: Callable[[UploadRow], str]) -> list[uuid.UUID]:
         """Storage first (abort, delete), then the rows, audit and events, in the caller's transaction."""
         failed: dict[uuid.UUID, str] = {}
         for row in rows:
-            if row["status"] == "pending" and row["storage_upload_id"]:
-                problem = self._abort_multipart(row["bucket"], row["object_key"], row["storage_upload_id"])
+            if row.status == UploadStatus.PENDING and row.storage_upload_id:
+                problem = self._abort_multipart(row.bucket, row.object_key, row.storage_upload_id)
                 if problem:
-                    failed[row["id"]] = problem
+                    failed[row.id] = problem
         targets: dict[str, list[str]] = {}
         for row in rows:
-            if row["id"] not in failed:
+            if row.id not in failed:
                 for bucket in self._buckets_of(row):
-                    targets.setdefault(bucket, []).append(row["object_key"])
+                    targets.setdefault(bucket, []).append(row.object_key)
         refused = self._objects.delete(targets, self.summary)
         for row in rows:
-            problems = [refused[(bucket, row["object_key"])] for bucket in self._buckets_of(row)
-                        if (bucket, row["object_key"]) in refused]
-            if problems and row["id"] not in failed:
-                failed[row["id"]] = "; ".join(problems)
-        retired = [row for row in rows if row["id"] not in failed]
+            problems = [refused[(bucket, row.object_key)] for bucket in self._buckets_of(row)
+                        if (bucket, row.object_key) in refused]
+            if problems and row.id not in failed:
+                failed[row.id] = "; ".join(problems)
+        retired = [row for row in rows if row.id not in failed]
         for row in rows:
-            if row["id"] in failed:
-                self.summary.error(f"upload {row['id']} ({row['object_key']}) not {outcome}: {failed[row['id']]}")
+            if row.id in failed:
+                self.summary.error(f"upload {row.id} ({row.object_key}) not {outcome}: {failed[row.id]}")
         ended = []
         with conn.pipeline():
             for row in retired:
                 why = reason(row)
                 conn.execute("UPDATE uploads SET status = %s, status_reason = %s, updated_at = now() WHERE id = %s",
-                             (outcome, why, row["id"]))
-                audit.record(conn, ACTOR, f"retention.{outcome}", row["id"], reason=why, status_before=row["status"],
-                             key=row["object_key"], buckets=self._buckets_of(row),
-                             expires_at=row["expires_at"].isoformat(), run_id=self.summary.run_id,
-                             multipart_aborted=row["status"] == "pending" and bool(row["storage_upload_id"]))
+                             (outcome, why, row.id))
+                audit.record(conn, ACTOR, f"retention.{outcome}", row.id, reason=why, status_before=row.status,
+                             key=row.object_key, buckets=self._buckets_of(row),
+                             expires_at=row.expires_at.isoformat(), run_id=self.summary.run_id,
+                             multipart_aborted=row.status == UploadStatus.PENDING and bool(row.storage_upload_id))
                 ended.append(self._ended(row, outcome, why))
         self._send(ended)
         if outcome == "expired":
@@ -297,17 +306,17 @@ class RetentionJob:
             self.summary.abandoned += len(retired)
         return list(failed)
 
-    def _buckets_of(self, row: dict[str, Any]) -> list[str]:
-        buckets = [row["bucket"]]
-        if row["status"] in MAY_BE_IN_QUARANTINE and self._storage.quarantine_bucket != row["bucket"]:
+    def _buckets_of(self, row: UploadRow) -> list[str]:
+        buckets = [row.bucket]
+        if row.status in MAY_BE_IN_QUARANTINE and self._storage.quarantine_bucket != row.bucket:
             buckets.append(self._storage.quarantine_bucket)
         return buckets
 
-    def _ended(self, row: dict[str, Any], outcome: str, reason: str) -> UploadEnded:
-        bucket = self._storage.quarantine_bucket if row["status"] in IN_QUARANTINE else row["bucket"]
+    def _ended(self, row: UploadRow, outcome: str, reason: str) -> UploadEnded:
+        bucket = self._storage.quarantine_bucket if row.status in IN_QUARANTINE else row.bucket
         # One id per upload and outcome: a batch re-sent after a crash carries the same ids.
-        return UploadEnded(id=f"{row['id']}.{outcome}", source=self._source, time=self._now, upload_id=row["id"],
-                           outcome=outcome, bucket=bucket, key=row["object_key"], reason=reason, object_deleted=True)
+        return UploadEnded(id=f"{row.id}.{outcome}", source=self._source, time=self._now, upload_id=row.id,
+                           outcome=outcome, bucket=bucket, key=row.object_key, reason=reason, object_deleted=True)
 
     def _send(self, ended: list[UploadEnded]) -> None:
         if ended:
@@ -359,21 +368,20 @@ class RetentionJob:
         stale = [u for u in uploads if u["Initiated"] < self._now - self.bounds.stale_after]
         if not stale:
             return
-        owners = {row["storage_upload_id"]: row for row in conn.execute(
-            "SELECT id, status, legal_hold, storage_upload_id FROM uploads WHERE storage_upload_id = ANY(%s)",
-            ([u["UploadId"] for u in stale],)).fetchall()}
-        for upload in stale:
-            owner = owners.get(upload["UploadId"])
-            if owner is not None and (owner["legal_hold"] or owner["status"] not in ENDED):
+        owners = {row.storage_upload_id: row for row in conn.cursor(row_factory=upload_row).execute(
+            "SELECT * FROM uploads WHERE storage_upload_id = ANY(%s)", ([u["UploadId"] for u in stale],)).fetchall()}
+        for entry in stale:
+            owner = owners.get(entry["UploadId"])
+            if owner is not None and (owner.legal_hold or owner.status not in ENDED):
                 continue  # a live upload's: step 2 abandons it when it is stale and not held
-            problem = self._abort_multipart(bucket, upload["Key"], upload["UploadId"])
+            problem = self._abort_multipart(bucket, entry["Key"], entry["UploadId"])
             if problem:
-                self.summary.error(f"multipart upload {upload['UploadId']} of {bucket}/{upload['Key']}: {problem}")
+                self.summary.error(f"multipart upload {entry['UploadId']} of {bucket}/{entry['Key']}: {problem}")
                 continue
-            audit.record(conn, ACTOR, "retention.multipart_aborted", owner["id"] if owner else None,
-                         bucket=bucket, key=upload["Key"], storage_upload_id=upload["UploadId"],
-                         initiated=upload["Initiated"].isoformat(),
-                         owner_status=owner["status"] if owner else None, run_id=self.summary.run_id)
+            audit.record(conn, ACTOR, "retention.multipart_aborted", owner.id if owner else None,
+                         bucket=bucket, key=entry["Key"], storage_upload_id=entry["UploadId"],
+                         initiated=entry["Initiated"].isoformat(),
+                         owner_status=owner.status if owner else None, run_id=self.summary.run_id)
             self.summary.multipart_aborted += 1
 
     # -- 4. sweep: orphans both ways --
@@ -411,20 +419,20 @@ class RetentionJob:
         if not contents:
             return
         keys = [o["Key"] for o in contents]
-        owners: dict[str, list[dict[str, Any]]] = {}
-        for row in conn.execute(
-                "SELECT id, object_key, status, legal_hold FROM uploads WHERE bucket = ANY(%s) AND object_key = ANY(%s)",
+        owners: dict[str, list[UploadRow]] = {}
+        for row in conn.cursor(row_factory=upload_row).execute(
+                "SELECT * FROM uploads WHERE bucket = ANY(%s) AND object_key = ANY(%s)",
                 ([self._storage.uploads_bucket, self._storage.quarantine_bucket, bucket], keys)).fetchall():
-            owners.setdefault(row["object_key"], []).append(row)
+            owners.setdefault(row.object_key, []).append(row)
         young = self._now - self.bounds.orphan_grace
         orphans = []
         for obj in contents:
             rows = owners.get(obj["Key"], [])
-            if any(row["legal_hold"] or row["status"] not in ENDED for row in rows):
+            if any(row.legal_hold or row.status not in ENDED for row in rows):
                 continue  # a live or held upload's object
             if obj["LastModified"] >= young:
                 continue  # may belong to something that is happening right now
-            orphans.append((obj, rows[0]["id"] if rows else None))
+            orphans.append((obj, rows[0].id if rows else None))
         if not orphans:
             return
         refused = self._objects.delete({bucket: [obj["Key"] for obj, _ in orphans]}, self.summary)
@@ -452,7 +460,7 @@ class RetentionJob:
         if end is not None:
             where += " AND object_key <= %(end)s"
         # Rows that changed within the grace period are left for later: the object may be on its way.
-        rows = conn.execute(
+        rows = conn.cursor(row_factory=upload_row).execute(
             f"SELECT * FROM uploads WHERE {where} AND NOT legal_hold AND object_key > %(start)s"  # noqa: S608
             " AND updated_at < %(settled)s AND NOT (object_key = ANY(%(listed)s))"
             " ORDER BY object_key LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
@@ -463,23 +471,23 @@ class RetentionJob:
         with conn.pipeline():
             for row in missing:
                 conn.execute("UPDATE uploads SET status = 'expired', status_reason = 'object missing',"
-                             " updated_at = now() WHERE id = %s", (row["id"],))
-                audit.record(conn, ACTOR, "retention.object_missing", row["id"], status_before=row["status"],
-                             key=row["object_key"], buckets=self._buckets_of(row), run_id=self.summary.run_id)
+                             " updated_at = now() WHERE id = %s", (row.id,))
+                audit.record(conn, ACTOR, "retention.object_missing", row.id, status_before=row.status,
+                             key=row.object_key, buckets=self._buckets_of(row), run_id=self.summary.run_id)
                 ended.append(self._ended(row, "expired", "object missing"))
         self._send(ended)
         self.summary.objects_missing += len(missing)
         if len(rows) == self.bounds.batch_size:
             self.summary.more_work = True
-            return rows[-1]["object_key"]
+            return rows[-1].object_key
         return None
 
-    def _object_exists(self, row: dict[str, Any]) -> bool:
+    def _object_exists(self, row: UploadRow) -> bool:
         # The upload's own bucket first, then the quarantine: the scan moves an object by copying it
         # to the quarantine and then deleting it, so in this order a move in flight is always seen.
-        for bucket in dict.fromkeys((row["bucket"], self._storage.quarantine_bucket)):
+        for bucket in dict.fromkeys((row.bucket, self._storage.quarantine_bucket)):
             try:
-                self._s3.head_object(Bucket=bucket, Key=row["object_key"])
+                self._s3.head_object(Bucket=bucket, Key=row.object_key)
                 return True
             except ClientError as exc:
                 if error_code(exc) in _MISSING_CODES:

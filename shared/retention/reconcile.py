@@ -56,7 +56,13 @@ from shared.platform.logs import log_event
 from shared.platform.settings import StorageSettings
 from shared.retention.cursors import lock_cursor, save_cursor
 from shared.scanning.service import scan_lock_name
-from shared.uploads.model import AWAITING_VERDICT, UploadStatus, values
+from shared.uploads.model import (
+    AWAITING_VERDICT,
+    UploadRow,
+    UploadStatus,
+    upload_row,
+    values,
+)
 
 logger = logging.getLogger("dropgate.reconcile")
 
@@ -89,7 +95,7 @@ def object_created_id(bucket: str, key: str, etag: str | None) -> str:
     return "dropgate-" + digest("ObjectCreated", bucket, key, etag)
 
 
-def object_created_event(upload: dict[str, Any], head: dict[str, Any], *, found_in: str | None = None) -> ObjectCreated:
+def object_created_event(upload: UploadRow, head: dict[str, Any], *, found_in: str | None = None) -> ObjectCreated:
     """The "object created" CloudEvent storage would have sent for an upload's object, from its row and HeadObject.
 
     The same shape scan and metadata accept from storage (`com.amazonaws.s3.ObjectCreated:*`
@@ -99,28 +105,28 @@ def object_created_event(upload: dict[str, Any], head: dict[str, Any], *, found_
     storage's LastModified and the event has no sequencer: metadata then orders it by time, so
     a storage notification of the same version (which has a finer time) is never older than it.
     """
-    etag = (upload["etag"] or head.get("ETag") or "").strip('"') or None
+    etag = (upload.etag or head.get("ETag") or "").strip('"') or None
     name = "ObjectCreated:CompleteMultipartUpload" if etag and _MULTIPART_ETAG.search(etag) else "ObjectCreated:Put"
-    own_bucket = found_in in (None, upload["bucket"])
+    own_bucket = found_in in (None, upload.bucket)
     return ObjectCreated(
-        id=object_created_id(upload["bucket"], upload["object_key"], etag), event_name=name,
-        event_source=EVENT_SOURCE, region="", bucket=upload["bucket"], key=upload["object_key"],
+        id=object_created_id(upload.bucket, upload.object_key, etag), event_name=name,
+        event_source=EVENT_SOURCE, region="", bucket=upload.bucket, key=upload.object_key,
         time=head["LastModified"], size=head.get("ContentLength"), etag=etag, sequencer=None,
-        content_type=head.get("ContentType") or upload["content_type"],
+        content_type=head.get("ContentType") or upload.content_type,
         version_id=head.get("VersionId") if own_bucket else None,
         # presign stored the upload's trace context with the object: a re-drive continues that trace.
         traceparent=(head.get("Metadata") or {}).get("traceparent"))
 
 
-def locate_object(s3: BaseClient, storage: StorageSettings, upload: dict[str, Any]) -> tuple[str, dict] | None:
+def locate_object(s3: BaseClient, storage: StorageSettings, upload: UploadRow) -> tuple[str, dict] | None:
     """(bucket, HeadObject answer) of an upload's object: its own bucket first, then the quarantine.
 
     In this order a scan's move (copy to quarantine, then delete) is always seen. None when
     storage holds it in neither; storage failures raise.
     """
-    for bucket in dict.fromkeys((upload["bucket"], storage.quarantine_bucket)):
+    for bucket in dict.fromkeys((upload.bucket, storage.quarantine_bucket)):
         try:
-            return bucket, s3.head_object(Bucket=bucket, Key=upload["object_key"])
+            return bucket, s3.head_object(Bucket=bucket, Key=upload.object_key)
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING_CODES:
                 continue
@@ -255,16 +261,16 @@ class ReconcileJob:
         skip: list[uuid.UUID] = []  # every row is looked at once per pass, whatever became of it
         while limit := self._room(self.bounds.batch_size):
             with self._pool.connection() as conn, conn.transaction():
-                rows = conn.execute(query, {"bucket": self._bucket, "settled": self._settled, "skip": skip,
-                                            "stuck": self._now - self.bounds.scan_timeout,
-                                            "limit": limit}).fetchall()
+                rows = conn.cursor(row_factory=upload_row).execute(
+                    query, {"bucket": self._bucket, "settled": self._settled, "skip": skip,
+                            "stuck": self._now - self.bounds.scan_timeout, "limit": limit}).fetchall()
                 outcome = _Outcome()
                 for row in rows:
-                    reason = NO_VERDICT if row["status"] == "uploaded" else SCAN_STUCK
+                    reason = NO_VERDICT if row.status == UploadStatus.UPLOADED else SCAN_STUCK
                     self._settle(conn, row, reason, outcome, located=None)
                 self._send(outcome)
             self._count(outcome)
-            skip.extend(row["id"] for row in rows)
+            skip.extend(row.id for row in rows)
             if len(rows) < limit:
                 return
 
@@ -282,7 +288,7 @@ class ReconcileJob:
                 if position is None:
                     return  # another pass is on this slice
                 after = {**_START, **position}
-                rows = conn.execute(
+                rows = conn.cursor(row_factory=upload_row).execute(
                     "SELECT * FROM uploads WHERE bucket = %(bucket)s AND status = 'pending'"
                     " AND created_at < %(settled)s AND (last_redrive_at IS NULL OR last_redrive_at < %(settled)s)"
                     " AND (created_at, id) > (%(after_created)s::timestamptz, %(after_id)s::uuid)"
@@ -292,13 +298,13 @@ class ReconcileJob:
                 outcome = _Outcome()
                 for row in rows:
                     # A pending upload's object can be in no other bucket: no scan has moved it yet.
-                    head = self._head(row["bucket"], row["object_key"])
+                    head = self._head(row.bucket, row.object_key)
                     if head is not None and head["LastModified"] < self._settled:
-                        self._settle(conn, row, NOT_RECORDED, outcome, located=(row["bucket"], head))
+                        self._settle(conn, row, NOT_RECORDED, outcome, located=(row.bucket, head))
                 self._send(outcome)
                 more = len(rows) == limit
-                save_cursor(conn, name, {"created_at": rows[-1]["created_at"].isoformat(),
-                                          "id": str(rows[-1]["id"])} if more else {})
+                save_cursor(conn, name, {"created_at": rows[-1].created_at.isoformat(),
+                                          "id": str(rows[-1].id)} if more else {})
             self._count(outcome)
             self.summary.pending_checked += len(rows)
             if not more:
@@ -307,50 +313,50 @@ class ReconcileJob:
 
     # -- one due upload --
 
-    def _settle(self, conn: psycopg.Connection, row: dict[str, Any], reason: str, outcome: _Outcome, *,
+    def _settle(self, conn: psycopg.Connection, row: UploadRow, reason: str, outcome: _Outcome, *,
                 located: tuple[str, dict] | None) -> None:
         """Re-drive one due upload, or mark it failed when its attempts are spent; in the caller's transaction."""
         # Held until the commit: a scan that starts meanwhile waits for this batch, and one that runs
         # now (its process alive, whatever the row's age says) is left alone.
         free = conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0)) AS free",
-                            (scan_lock_name(row["bucket"], row["object_key"]),)).fetchone()["free"]
+                            (scan_lock_name(row.bucket, row.object_key),)).fetchone()["free"]
         if not free:
             outcome.scans_running += 1
             return
         if located is None:
             located = locate_object(self._s3, self._storage, row)
-        if row["redrive_attempts"] >= self.bounds.max_attempts:
+        if row.redrive_attempts >= self.bounds.max_attempts:
             text = self._fail(conn, row, reason, object_found=located is not None)
             outcome.failed[reason] = outcome.failed.get(reason, 0) + 1
-            outcome.failures.append({"upload_id": str(row["id"]), "status_before": row["status"], "reason": text})
+            outcome.failures.append({"upload_id": str(row.id), "status_before": row.status, "reason": text})
             return
-        attempt = row["redrive_attempts"] + 1
+        attempt = row.redrive_attempts + 1
         conn.execute("UPDATE uploads SET redrive_attempts = %s, last_redrive_at = %s, updated_at = now()"
-                     " WHERE id = %s", (attempt, self._now, row["id"]))
+                     " WHERE id = %s", (attempt, self._now, row.id))
         if located is None:
-            audit.record(conn, ACTOR, "reconcile.object_missing", row["id"], reason=reason, attempt=attempt,
-                         status=row["status"], key=row["object_key"], run_id=self.summary.run_id)
+            audit.record(conn, ACTOR, "reconcile.object_missing", row.id, reason=reason, attempt=attempt,
+                         status=row.status, key=row.object_key, run_id=self.summary.run_id)
             outcome.missing[reason] = outcome.missing.get(reason, 0) + 1
             return
         found_in, head = located
         event = object_created_event(row, head, found_in=found_in)
-        audit.record(conn, ACTOR, "reconcile.redriven", row["id"], reason=reason, attempt=attempt,
-                     status=row["status"], event_id=event.id, event_type=event.type, bucket=found_in,
-                     key=row["object_key"], run_id=self.summary.run_id)
+        audit.record(conn, ACTOR, "reconcile.redriven", row.id, reason=reason, attempt=attempt,
+                     status=row.status, event_id=event.id, event_type=event.type, bucket=found_in,
+                     key=row.object_key, run_id=self.summary.run_id)
         outcome.events.append(event)
         outcome.redriven[reason] = outcome.redriven.get(reason, 0) + 1
 
-    def _fail(self, conn: psycopg.Connection, row: dict[str, Any], reason: str, *, object_found: bool) -> str:
+    def _fail(self, conn: psycopg.Connection, row: UploadRow, reason: str, *, object_found: bool) -> str:
         why = _FAILURE_REASONS[reason] if object_found else "the object is missing from storage"
-        text = f"not scanned after {row['redrive_attempts']} re-drives: {why}"
+        text = f"not scanned after {row.redrive_attempts} re-drives: {why}"
         # Scanner errors past the retry budget mean "not fully scanned": unscannable, never clean
         # (docs/scan.md). scan_detail too: a late delivery that finds this verdict replies with it.
         conn.execute("UPDATE uploads SET status = %(status)s, scan_verdict = %(status)s, scan_detail = %(text)s,"
                      " status_reason = %(text)s, updated_at = now() WHERE id = %(id)s AND status = ANY(%(awaiting)s)",
-                     {"status": UploadStatus.UNSCANNABLE, "text": text, "id": row["id"],
+                     {"status": UploadStatus.UNSCANNABLE, "text": text, "id": row.id,
                       "awaiting": values(AWAITING_VERDICT)})
-        audit.record(conn, ACTOR, "reconcile.failed", row["id"], reason=text, cause=reason, status_before=row["status"],
-                     attempts=row["redrive_attempts"], key=row["object_key"], object_found=object_found,
+        audit.record(conn, ACTOR, "reconcile.failed", row.id, reason=text, cause=reason, status_before=row.status,
+                     attempts=row.redrive_attempts, key=row.object_key, object_found=object_found,
                      run_id=self.summary.run_id)
         return text
 

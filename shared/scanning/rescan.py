@@ -35,7 +35,7 @@ from shared.platform.clamd import ScannerUnavailable, StreamingClamd
 from shared.platform.logs import log_event
 from shared.retention.reconcile import EVENT_SOURCE
 from shared.scanning.service import SIGNATURE_RESCAN_EXTENSION
-from shared.uploads.model import DOWNLOADABLE, values
+from shared.uploads.model import DOWNLOADABLE, UploadRow, upload_row, values
 
 logger = logging.getLogger("dropgate.rescan")
 
@@ -53,14 +53,14 @@ class RescanSummary:
         return asdict(self)
 
 
-def rescan_request(row: dict[str, Any], version: int) -> CloudEvent:
+def rescan_request(row: UploadRow, version: int) -> CloudEvent:
     """The "object created" event that asks scan to read a downloadable file again at `version`."""
     event = ObjectCreated(
-        id=f"{row['id']}.rescan-request.v{version}", event_name="ObjectCreated:Put", event_source=EVENT_SOURCE,
-        region="", bucket=row["bucket"], key=row["object_key"],
-        time=row["storage_event_time"] or row["completed_at"] or datetime.now(UTC),
-        size=row["stored_size"], etag=row["etag"], sequencer=None,
-        content_type=row["stored_content_type"] or row["content_type"]).to_cloudevent()
+        id=f"{row.id}.rescan-request.v{version}", event_name="ObjectCreated:Put", event_source=EVENT_SOURCE,
+        region="", bucket=row.bucket, key=row.object_key,
+        time=row.storage_event_time or row.completed_at or datetime.now(UTC),
+        size=row.stored_size, etag=row.etag, sequencer=None,
+        content_type=row.stored_content_type or row.content_type).to_cloudevent()
     return CloudEvent({**event.get_attributes(), SIGNATURE_RESCAN_EXTENSION: str(version)}, event.get_data())
 
 
@@ -83,7 +83,7 @@ def request_rescans(pool: ConnectionPool, scanner: StreamingClamd, publish: Call
     since = (now or datetime.now(UTC)) - timedelta(days=days)
     while summary.requested < max_per_run:
         with pool.connection() as conn, conn.transaction():
-            rows = conn.execute(
+            rows = conn.cursor(row_factory=upload_row).execute(
                 "SELECT * FROM uploads WHERE status = ANY(%s) AND scanned_at >= %s"
                 " AND coalesce(signature_version, 0) < %s AND coalesce(rescan_requested_version, 0) < %s"
                 " ORDER BY scanned_at DESC LIMIT %s FOR UPDATE SKIP LOCKED",
@@ -93,10 +93,10 @@ def request_rescans(pool: ConnectionPool, scanner: StreamingClamd, publish: Call
                 break
             publish([rescan_request(row, version) for row in rows])
             conn.execute("UPDATE uploads SET rescan_requested_version = %s WHERE id = ANY(%s)",
-                         (version, [row["id"] for row in rows]))
+                         (version, [row.id for row in rows]))
             for row in rows:
-                audit.record(conn, ACTOR, "rescan.requested", row["id"], signature_version=version,
-                             scanned_with=row["signature_version"])
+                audit.record(conn, ACTOR, "rescan.requested", row.id, signature_version=version,
+                             scanned_with=row.signature_version)
         summary.requested += len(rows)
     metrics.RESCANS_REQUESTED.inc(summary.requested)
     if summary.requested:

@@ -37,7 +37,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import psycopg
 from botocore.client import BaseClient
@@ -61,7 +61,9 @@ from shared.uploads.model import (
     DOWNLOADABLE,
     QUARANTINED,
     VERDICTS,
+    UploadRow,
     UploadStatus,
+    upload_row,
     values,
 )
 
@@ -156,10 +158,10 @@ class ObjectScanner:
             if upload is None:
                 log_event(logger, "no upload for this object; ignored", bucket=bucket, key=key, event_id=event_id)
                 return None
-            bind(upload_id=str(upload["id"]))
-            if upload["status"] in VERDICTS:
+            bind(upload_id=str(upload.id))
+            if upload.status in VERDICTS:
                 log_event(logger, "verdict already written; answered with it", outcome="already_decided",
-                          verdict=upload["status"])
+                          verdict=upload.status)
                 return self._result_from_row(upload, already_decided=True)
             return self._scan_claimed(upload, event_id)
 
@@ -187,33 +189,34 @@ class ObjectScanner:
                 raise ScanInProgress(f"another delivery is scanning {bucket}/{key}", headers={"Retry-After": "30"})
             time.sleep(_LOCK_POLL_SECONDS)
 
-    def _claim(self, bucket: str, key: str) -> dict[str, Any] | None:
+    def _claim(self, bucket: str, key: str) -> UploadRow | None:
         with self._pool.connection() as conn:
-            row = conn.execute(
+            uploads = conn.cursor(row_factory=upload_row)
+            row = uploads.execute(
                 "UPDATE uploads SET status = %s, updated_at = now()"
                 " WHERE bucket = %s AND object_key = %s AND status = ANY(%s) RETURNING *",
                 (UploadStatus.SCANNING, bucket, key, values(AWAITING_VERDICT))).fetchone()
             if row is None:  # already decided, expired, aborted, or unknown
-                row = conn.execute("SELECT * FROM uploads WHERE bucket = %s AND object_key = %s",
-                                   (bucket, key)).fetchone()
-                if row is not None and row["status"] not in VERDICTS:
-                    log_event(logger, "upload is not scannable in its state; ignored", upload_id=str(row["id"]),
-                              status=row["status"])
+                row = uploads.execute("SELECT * FROM uploads WHERE bucket = %s AND object_key = %s",
+                                      (bucket, key)).fetchone()
+                if row is not None and row.status not in VERDICTS:
+                    log_event(logger, "upload is not scannable in its state; ignored", upload_id=str(row.id),
+                              status=row.status)
                     return None
             return row
 
     # -- the first scan --
 
-    def _scan_claimed(self, upload: dict[str, Any], event_id: str) -> ScanResult:
+    def _scan_claimed(self, upload: UploadRow, event_id: str) -> ScanResult:
         started = time.monotonic()
         signature_version = self._scanner.signature_version()
         with self._pool.connection() as conn:
-            listed = blocklist.reason_blocked(conn, upload["declared_sha256"])
+            listed = blocklist.reason_blocked(conn, upload.declared_sha256)
         if listed is not None:
             # The declared hash is a known-bad file: no need to read a byte (nor wait for clamd).
-            bucket = self._quarantine(upload, upload["bucket"], None)
-            return self._record(upload, bucket, _Decision("infected", listed), upload["declared_sha256"],
-                                upload["declared_size"], None, datetime.now(UTC), event_id, signature_version,
+            bucket = self._quarantine(upload, upload.bucket, None)
+            return self._record(upload, bucket, _Decision("infected", listed), upload.declared_sha256,
+                                upload.declared_size, None, datetime.now(UTC), event_id, signature_version,
                                 started)
         bucket, stream, reply, version_id = self._stream_through_clamd(upload)
         decision = self._decide(upload, reply, stream, bucket, version_id)
@@ -221,16 +224,16 @@ class ObjectScanner:
             bucket = self._quarantine(upload, bucket, version_id)
         else:
             if bucket == self._storage.quarantine_bucket:  # an operator's rescan of an unscannable file
-                restore_from_quarantine(self._s3, self._storage, upload["object_key"], target_bucket=upload["bucket"])
-                bucket = upload["bucket"]
-            self._tag_clean(bucket, upload["object_key"])
+                restore_from_quarantine(self._s3, self._storage, upload.object_key, target_bucket=upload.bucket)
+                bucket = upload.bucket
+            self._tag_clean(bucket, upload.object_key)
         detected = content.sniff(stream.head)
         return self._record(upload, bucket, decision, stream.sha256.hexdigest(), stream.length, detected,
                             datetime.now(UTC), event_id, signature_version, started)
 
-    def _stream_through_clamd(self, upload: dict[str, Any]) -> tuple[str, MeasuredStream, ClamdReply, str | None]:
+    def _stream_through_clamd(self, upload: UploadRow) -> tuple[str, MeasuredStream, ClamdReply, str | None]:
         bucket, body, length, version_id = self._open(upload)
-        stream = MeasuredStream(body, self._chunk_size, length, upload["content_type"])
+        stream = MeasuredStream(body, self._chunk_size, length, upload.content_type)
         try:
             reply = self._scanner.scan_chunks(stream)
         finally:
@@ -245,10 +248,10 @@ class ObjectScanner:
             raise IncompleteRead("the scan ended before the whole object was read")
         return bucket, stream, reply, version_id
 
-    def _open(self, upload: dict[str, Any]) -> tuple[str, Any, int, str | None]:
+    def _open(self, upload: UploadRow) -> tuple[str, Any, int, str | None]:
         """The object's body from the uploads bucket, or from quarantine when a crashed attempt already moved it."""
-        key = upload["object_key"]
-        for bucket in (upload["bucket"], self._storage.quarantine_bucket):
+        key = upload.object_key
+        for bucket in (upload.bucket, self._storage.quarantine_bucket):
             try:
                 response = self._s3.get_object(Bucket=bucket, Key=key)
             except ClientError as exc:
@@ -257,9 +260,9 @@ class ObjectScanner:
                 raise
             return bucket, response["Body"], response["ContentLength"], response.get("VersionId")
         # Deleted before it could be scanned: a retry cannot help (a 4xx goes to the dead-letter sink).
-        raise Gone(f"object {key} is in neither {upload['bucket']} nor the quarantine bucket")
+        raise Gone(f"object {key} is in neither {upload.bucket} nor the quarantine bucket")
 
-    def _decide(self, upload: dict[str, Any], reply: ClamdReply, stream: MeasuredStream, bucket: str,
+    def _decide(self, upload: UploadRow, reply: ClamdReply, stream: MeasuredStream, bucket: str,
                 version_id: str | None) -> _Decision:
         """The verdict, in the module docstring's order of precedence."""
         if reply.outcome == "infected":
@@ -271,20 +274,20 @@ class ObjectScanner:
             return _Decision("infected", listed)
         if reply.outcome == "unscannable":
             return _Decision("unscannable", reply.detail)
-        if stream.length != upload["declared_size"]:
+        if stream.length != upload.declared_size:
             return _Decision("unscannable", f"the stored object differs from what was declared: it is "
-                                            f"{stream.length} bytes, {upload['declared_size']} were declared")
-        if upload["declared_sha256"] and digest != upload["declared_sha256"]:
+                                            f"{stream.length} bytes, {upload.declared_size} were declared")
+        if upload.declared_sha256 and digest != upload.declared_sha256:
             return _Decision("unscannable", f"the stored object differs from what was declared: its SHA-256 is "
-                                            f"{digest}, {upload['declared_sha256']} was declared")
+                                            f"{digest}, {upload.declared_sha256} was declared")
         detected = content.sniff(stream.head)
-        names = self._inspect_archive(detected, bucket, upload["object_key"], stream.length, version_id)
+        names = self._inspect_archive(detected, bucket, upload.object_key, stream.length, version_id)
         if isinstance(names, archives.NotFullyScannable):
             return _Decision("unscannable", names.reason)
         if names is not None and content.looks_like_jar(names):
             detected = "application/java-archive"
         markup = stream.markup.found if stream.markup is not None else None
-        reason = self._policy.check_content(upload["content_type"], detected, active_markup=markup)
+        reason = self._policy.check_content(upload.content_type, detected, active_markup=markup)
         if reason is not None:
             return _Decision("rejected", reason)
         return _Decision("clean")
@@ -311,38 +314,39 @@ class ObjectScanner:
             except zipfile.BadZipFile:
                 return archives.NotFullyScannable("malformed", "the archive cannot be read")
 
-    def _quarantine(self, upload: dict[str, Any], current_bucket: str, version_id: str | None) -> str:
-        return move_to_quarantine(self._s3, self._storage, upload["object_key"], source_bucket=current_bucket,
-                                  version_id=version_id, legal_hold=bool(upload["legal_hold"]))
+    def _quarantine(self, upload: UploadRow, current_bucket: str, version_id: str | None) -> str:
+        return move_to_quarantine(self._s3, self._storage, upload.object_key, source_bucket=current_bucket,
+                                  version_id=version_id, legal_hold=bool(upload.legal_hold))
 
     def _tag_clean(self, bucket: str, key: str) -> None:
         self._s3.put_object_tagging(Bucket=bucket, Key=key,
                                     Tagging={"TagSet": [{"Key": "dropgate-verdict", "Value": "clean"}]})
 
-    def _record(self, upload: dict[str, Any], bucket: str, decision: _Decision, sha256: str | None, size: int,
+    def _record(self, upload: UploadRow, bucket: str, decision: _Decision, sha256: str | None, size: int,
                 detected: str | None, now: datetime, event_id: str, signature_version: int | None,
                 started: float) -> ScanResult:
         verdict, detail = decision.verdict, decision.detail
         with self._pool.connection() as conn, conn.transaction():
-            row = conn.execute(
+            uploads = conn.cursor(row_factory=upload_row)
+            row = uploads.execute(
                 "UPDATE uploads SET status = %s, scan_verdict = %s, scan_detail = %s, sha256 = %s, scanned_at = %s,"
                 " stored_size = coalesce(stored_size, %s), detected_type = %s, signature_version = %s,"
                 " updated_at = now() WHERE id = %s AND status = %s RETURNING *",
-                (verdict, verdict, detail, sha256, now, size, detected, signature_version, upload["id"],
+                (verdict, verdict, detail, sha256, now, size, detected, signature_version, upload.id,
                  UploadStatus.SCANNING)).fetchone()
             if row is None:  # a concurrent delivery decided first; its verdict stands
-                current = conn.execute("SELECT * FROM uploads WHERE id = %s", (upload["id"],)).fetchone()
+                current = uploads.execute("SELECT * FROM uploads WHERE id = %s", (upload.id,)).fetchone()
                 return self._result_from_row(current, already_decided=True)
-            audit.record(conn, ACTOR, "scan.verdict", upload["id"], verdict=verdict, detail=detail, sha256=sha256,
+            audit.record(conn, ACTOR, "scan.verdict", upload.id, verdict=verdict, detail=detail, sha256=sha256,
                          size=size, detected_type=detected, bucket=bucket, event_id=event_id,
                          signature_version=signature_version)
             conn.execute("INSERT INTO processed_events (consumer, event_id, event_type, outcome)"
                          " VALUES ('scan', %s, 'object.created', %s) ON CONFLICT DO NOTHING", (event_id, verdict))
         metrics.SCAN_VERDICTS.labels(verdict).inc()
         metrics.SCAN_DURATION.observe(time.monotonic() - started)
-        log_event(logger, "scan verdict", upload_id=str(upload["id"]), verdict=verdict, detail=detail,
+        log_event(logger, "scan verdict", upload_id=str(upload.id), verdict=verdict, detail=detail,
                   size=size, outcome=verdict, bucket=bucket, signature_version=signature_version)
-        return ScanResult(upload_id=str(upload["id"]), bucket=bucket, key=upload["object_key"], verdict=verdict,
+        return ScanResult(upload_id=str(upload.id), bucket=bucket, key=upload.object_key, verdict=verdict,
                           detail=detail, sha256=sha256, size=size, detected_type=detected, scanned_at=now,
                           signature_version=signature_version)
 
@@ -356,11 +360,12 @@ class ObjectScanner:
         or duplicated rescan request yields no second read and no second event.
         """
         with self._pool.connection() as conn:
-            upload = conn.execute("SELECT * FROM uploads WHERE bucket = %s AND object_key = %s AND status = ANY(%s)",
-                                  (bucket, key, values(DOWNLOADABLE))).fetchone()
-        if upload is None or (upload["signature_version"] or 0) >= wanted_version:
+            upload = conn.cursor(row_factory=upload_row).execute(
+                "SELECT * FROM uploads WHERE bucket = %s AND object_key = %s AND status = ANY(%s)",
+                (bucket, key, values(DOWNLOADABLE))).fetchone()
+        if upload is None or (upload.signature_version or 0) >= wanted_version:
             return None
-        bind(upload_id=str(upload["id"]))
+        bind(upload_id=str(upload.id))
         started = time.monotonic()
         signature_version = self._scanner.signature_version()
         if signature_version is None or signature_version < wanted_version:
@@ -373,23 +378,24 @@ class ObjectScanner:
             with self._pool.connection() as conn:
                 found = blocklist.reason_blocked(conn, stream.sha256.hexdigest())
         if found is not None:
-            new_bucket = self._quarantine(upload, upload["bucket"], version_id)
+            new_bucket = self._quarantine(upload, upload.bucket, version_id)
         with self._pool.connection() as conn, conn.transaction():
+            uploads = conn.cursor(row_factory=upload_row)
             if found is None:
-                row = conn.execute("UPDATE uploads SET signature_version = %s, updated_at = now()"
-                                   " WHERE id = %s AND status = %s RETURNING *",
-                                   (signature_version, upload["id"], upload["status"])).fetchone()
+                row = uploads.execute("UPDATE uploads SET signature_version = %s, updated_at = now()"
+                                      " WHERE id = %s AND status = %s RETURNING *",
+                                      (signature_version, upload.id, upload.status)).fetchone()
             else:
-                row = conn.execute(
+                row = uploads.execute(
                     "UPDATE uploads SET status = %s, scan_verdict = %s, scan_detail = %s, signature_version = %s,"
                     " scanned_at = now(), updated_at = now() WHERE id = %s AND status = %s RETURNING *",
-                    (UploadStatus.INFECTED, UploadStatus.INFECTED, found, signature_version, upload["id"],
-                     upload["status"])).fetchone()
+                    (UploadStatus.INFECTED, UploadStatus.INFECTED, found, signature_version, upload.id,
+                     upload.status)).fetchone()
             if row is None:
                 return None  # expired or changed meanwhile: nothing to say
-            audit.record(conn, ACTOR, "scan.rescan", upload["id"], event_id=event_id, outcome="infected" if found
+            audit.record(conn, ACTOR, "scan.rescan", upload.id, event_id=event_id, outcome="infected" if found
                          else "still_clean", detail=found, signature_version=signature_version,
-                         previous_signature_version=upload["signature_version"], clamd_said=reply.outcome)
+                         previous_signature_version=upload.signature_version, clamd_said=reply.outcome)
         metrics.SCAN_RESCANS.labels("infected" if found else "still_clean").inc()
         if found is None:
             log_event(logger, "rescan: still clean", outcome="still_clean", signature_version=signature_version)
@@ -398,16 +404,16 @@ class ObjectScanner:
         metrics.SCAN_DURATION.observe(time.monotonic() - started)
         log_event(logger, "rescan: infected", logging.WARNING, outcome="infected", detail=found,
                   signature_version=signature_version)
-        return ScanResult(upload_id=str(upload["id"]), bucket=new_bucket, key=upload["object_key"],
-                          verdict="infected", detail=found, sha256=row["sha256"], size=row["stored_size"] or 0,
-                          detected_type=row["detected_type"], scanned_at=row["scanned_at"],
+        return ScanResult(upload_id=str(upload.id), bucket=new_bucket, key=upload.object_key,
+                          verdict="infected", detail=found, sha256=row.sha256, size=row.stored_size or 0,
+                          detected_type=row.detected_type, scanned_at=row.scanned_at,
                           signature_version=signature_version, rescan=True)
 
-    def _result_from_row(self, row: dict[str, Any], *, already_decided: bool) -> ScanResult:
-        in_quarantine = row["status"] in QUARANTINED
+    def _result_from_row(self, row: UploadRow, *, already_decided: bool) -> ScanResult:
+        in_quarantine = row.status in QUARANTINED
         return ScanResult(
-            upload_id=str(row["id"]), bucket=self._storage.quarantine_bucket if in_quarantine else row["bucket"],
-            key=row["object_key"], verdict=row["status"], detail=row["scan_detail"], sha256=row["sha256"],
-            size=row["stored_size"] or row["declared_size"], detected_type=row["detected_type"],
-            scanned_at=row["scanned_at"] or datetime.now(UTC), signature_version=row["signature_version"],
+            upload_id=str(row.id), bucket=self._storage.quarantine_bucket if in_quarantine else row.bucket,
+            key=row.object_key, verdict=cast(Verdict, str(row.status)), detail=row.scan_detail, sha256=row.sha256,
+            size=row.stored_size or row.declared_size, detected_type=row.detected_type,
+            scanned_at=row.scanned_at or datetime.now(UTC), signature_version=row.signature_version,
             already_decided=already_decided)

@@ -24,7 +24,7 @@ from typing import Any
 
 from shared.platform.errors import BadRequest
 from shared.platform.settings import S3_MAX_PARTS, S3_MIN_PART_SIZE
-from shared.uploads.model import Upload
+from shared.uploads.model import UploadRow
 from shared.uploads.requests import NewUpload, PartRequest
 
 
@@ -65,12 +65,10 @@ def single_part(raw: str) -> PartRequest:
     return PartRequest(number=int(raw), sha256_base64=None)
 
 
-def created(upload: Upload) -> dict[str, Any]:
-    return {"key": upload.row["object_key"], "uploadId": upload.row["storage_upload_id"],
-            "bucket": upload.row["bucket"]}
+def created(upload: UploadRow) -> dict[str, Any]:
+    return {"key": upload.object_key, "uploadId": upload.storage_upload_id, "bucket": upload.bucket}
 
 
-def completed(upload: Upload, public_endpoint: str) -> dict[str, Any]:
-    row = upload.row
-    return {"location": f"{public_endpoint.rstrip('/')}/{row['bucket']}/{row['object_key']}",
-            "key": row["object_key"], "bucket": row["bucket"]}
+def completed(upload: UploadRow, public_endpoint: str) -> dict[str, Any]:
+    return {"location": f"{public_endpoint.rstrip('/')}/{upload.bucket}/{upload.object_key}",
+            "key": upload.object_key, "bucket": upload.bucket}

@@ -1,4 +1,5 @@
-"""An upload's status: its values (the database's), its transitions and its named groups, in one place.
+"""An upload's status: its values (the database's), its transitions and its named groups, in one place;
+and an upload's row (`UploadRow`, what every module reads from the `uploads` table).
 
 docs/scan.md has the same table in words. Every module asks this one instead of spelling statuses:
 `status in DOWNLOADABLE`, `UploadStatus.SCANNING.can_become(UploadStatus.CLEAN)`. SQL takes the
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
+
+from psycopg.rows import BaseRowFactory, kwargs_row
 
 
 class UploadStatus(enum.StrEnum):
@@ -65,34 +69,80 @@ def values(statuses: Iterable[UploadStatus]) -> list[str]:
     return sorted(str(status) for status in statuses)
 
 
-# -- what the API shows of an upload and its stored parts --
+# -- one row of `uploads`, and what the API shows of it --
 
 @dataclass(frozen=True)
-class Upload:
-    row: dict[str, Any]
+class UploadRow:
+    """One row of the `uploads` table, as every module reads it: `upload.object_key`, not a dict keyed by column.
 
-    @property
-    def id(self) -> uuid.UUID:
-        return self.row["id"]
+    The one home of the row's shape. A column a migration adds (shared/platform/migrations/) is a
+    field here, in table order; tests/test_migrations.py fails when the two differ, and
+    tests/test_architecture.py when a module subscripts an upload row by a column name again.
+    Queries return it through the `upload_row` row factory.
+    """
 
-    @property
-    def status(self) -> str:
-        return self.row["status"]
+    id: uuid.UUID
+    owner: str  # the JWT subject
+    bucket: str
+    object_key: str  # server-generated, never the user's filename
+    filename: str  # sanitised original name, for Content-Disposition
+    content_type: str  # as declared by the client
+    declared_size: int
+    part_size: int
+    part_count: int
+    storage_upload_id: str | None  # S3 multipart UploadId
+    status: UploadStatus
+    declared_sha256: str | None
+    sha256: str | None  # computed by the scan
+    etag: str | None  # as storage reports it
+    stored_size: int | None  # as storage reports it
+    stored_content_type: str | None
+    scan_verdict: str | None
+    scan_detail: str | None  # signature name or rejection reason
+    scanned_at: datetime | None
+    legal_hold: bool
+    storage_sequencer: str | None  # last storage event applied (ordering)
+    storage_event_time: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    expires_at: datetime
+    status_reason: str | None  # 0002: why an upload ended where it did, in words
+    redrive_attempts: int  # 0005: re-drives of the reconcile pass
+    last_redrive_at: datetime | None  # 0005
+    detected_type: str | None  # 0006: the type sniffed from the bytes
+    signature_version: int | None  # 0006: clamd's database version that produced the verdict
+    rescan_requested_version: int | None  # 0006
+
+    @classmethod
+    def from_db(cls, columns: Mapping[str, Any]) -> UploadRow:
+        """From a whole row as a mapping (psycopg's dict_row); a missing or unknown column raises TypeError."""
+        rest = dict(columns)
+        status = rest.pop("status")
+        return cls(status=UploadStatus(status), **rest)
 
     def public(self) -> dict[str, Any]:
         """What the API shows of an upload."""
-        row = self.row
         return {
-            "id": str(row["id"]), "key": row["object_key"], "upload_id": row["storage_upload_id"],
-            "filename": row["filename"], "content_type": row["content_type"], "size": row["declared_size"],
-            "part_size": row["part_size"], "part_count": row["part_count"], "status": row["status"],
-            "status_reason": row["status_reason"], "sha256": row["sha256"] or row["declared_sha256"],
-            "scan_verdict": row["scan_verdict"], "legal_hold": row["legal_hold"],
+            "id": str(self.id), "key": self.object_key, "upload_id": self.storage_upload_id,
+            "filename": self.filename, "content_type": self.content_type, "size": self.declared_size,
+            "part_size": self.part_size, "part_count": self.part_count, "status": str(self.status),
+            "status_reason": self.status_reason, "sha256": self.sha256 or self.declared_sha256,
+            "scan_verdict": self.scan_verdict, "legal_hold": self.legal_hold,
             # Why a file is not downloadable, in words (e.g. "archive nested deeper than 17 levels").
-            "scan_detail": row["scan_detail"], "detected_type": row["detected_type"],
-            "created_at": row["created_at"].isoformat(), "expires_at": row["expires_at"].isoformat(),
-            "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
+            "scan_detail": self.scan_detail, "detected_type": self.detected_type,
+            "created_at": self.created_at.isoformat(), "expires_at": self.expires_at.isoformat(),
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
         }
+
+
+def _upload_from_columns(**columns: Any) -> UploadRow:
+    return UploadRow.from_db(columns)
+
+
+# psycopg row factory for queries that select whole rows (`SELECT *`, `RETURNING *`) of `uploads`:
+# `conn.cursor(row_factory=upload_row).execute(...).fetchone()` is an UploadRow (or None).
+upload_row: Final[BaseRowFactory[UploadRow]] = kwargs_row(_upload_from_columns)
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import psycopg
 
-from shared.uploads.model import UploadStatus
+from shared.uploads.model import UploadRow, UploadStatus, upload_row
 
 
 def insert(conn: psycopg.Connection, *, upload_id: uuid.UUID, owner: str, bucket: str, key: str, filename: str,
@@ -22,22 +21,23 @@ def insert(conn: psycopg.Connection, *, upload_id: uuid.UUID, owner: str, bucket
          expires_at, now, now))
 
 
-def set_storage_upload_id(conn: psycopg.Connection, upload_id: uuid.UUID, storage_upload_id: str) -> dict[str, Any]:
-    return conn.execute("UPDATE uploads SET storage_upload_id = %s WHERE id = %s RETURNING *",
-                        (storage_upload_id, upload_id)).fetchone()
+def set_storage_upload_id(conn: psycopg.Connection, upload_id: uuid.UUID, storage_upload_id: str) -> UploadRow:
+    return conn.cursor(row_factory=upload_row).execute(
+        "UPDATE uploads SET storage_upload_id = %s WHERE id = %s RETURNING *",
+        (storage_upload_id, upload_id)).fetchone()
 
 
-def load(conn: psycopg.Connection, upload_id: uuid.UUID, *, for_update: bool = False) -> dict[str, Any] | None:
-    return conn.execute("SELECT * FROM uploads WHERE id = %s" + (" FOR UPDATE" if for_update else ""),
-                        (upload_id,)).fetchone()
+def load(conn: psycopg.Connection, upload_id: uuid.UUID, *, for_update: bool = False) -> UploadRow | None:
+    return conn.cursor(row_factory=upload_row).execute(
+        "SELECT * FROM uploads WHERE id = %s" + (" FOR UPDATE" if for_update else ""), (upload_id,)).fetchone()
 
 
-def find_by_storage_upload_id(conn: psycopg.Connection, storage_upload_id: str) -> dict[str, Any] | None:
-    return conn.execute("SELECT id, object_key, owner FROM uploads WHERE storage_upload_id = %s",
-                        (storage_upload_id,)).fetchone()
+def find_by_storage_upload_id(conn: psycopg.Connection, storage_upload_id: str) -> UploadRow | None:
+    return conn.cursor(row_factory=upload_row).execute(
+        "SELECT * FROM uploads WHERE storage_upload_id = %s", (storage_upload_id,)).fetchone()
 
 
-def newest(conn: psycopg.Connection, *, owner: str | None, before: datetime | None, limit: int) -> list[dict[str, Any]]:
+def newest(conn: psycopg.Connection, *, owner: str | None, before: datetime | None, limit: int) -> list[UploadRow]:
     """Uploads newest first: one owner's, or everyone's (owner None)."""
     clauses, params = [], []
     if owner is not None:
@@ -47,21 +47,22 @@ def newest(conn: psycopg.Connection, *, owner: str | None, before: datetime | No
         clauses.append("created_at < %s")
         params.append(before)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    return conn.execute(f"SELECT * FROM uploads {where} ORDER BY created_at DESC LIMIT %s",  # noqa: S608
-                        (*params, limit)).fetchall()
+    return conn.cursor(row_factory=upload_row).execute(
+        f"SELECT * FROM uploads {where} ORDER BY created_at DESC LIMIT %s", (*params, limit)).fetchall()  # noqa: S608
 
 
-def mark_uploaded(conn: psycopg.Connection, upload_id: uuid.UUID, etag: str) -> dict[str, Any]:
-    return conn.execute(
+def mark_uploaded(conn: psycopg.Connection, upload_id: uuid.UUID, etag: str) -> UploadRow:
+    return conn.cursor(row_factory=upload_row).execute(
         "UPDATE uploads SET status = %s, etag = %s, completed_at = now(), updated_at = now()"
         " WHERE id = %s RETURNING *", (UploadStatus.UPLOADED, etag, upload_id)).fetchone()
 
 
-def mark_aborted(conn: psycopg.Connection, upload_id: uuid.UUID, reason: str) -> dict[str, Any]:
-    return conn.execute("UPDATE uploads SET status = %s, status_reason = %s, updated_at = now()"
-                        " WHERE id = %s RETURNING *", (UploadStatus.ABORTED, reason, upload_id)).fetchone()
+def mark_aborted(conn: psycopg.Connection, upload_id: uuid.UUID, reason: str) -> UploadRow:
+    return conn.cursor(row_factory=upload_row).execute(
+        "UPDATE uploads SET status = %s, status_reason = %s, updated_at = now() WHERE id = %s RETURNING *",
+        (UploadStatus.ABORTED, reason, upload_id)).fetchone()
 
 
-def set_legal_hold(conn: psycopg.Connection, upload_id: uuid.UUID, on: bool) -> dict[str, Any]:
-    return conn.execute("UPDATE uploads SET legal_hold = %s, updated_at = now() WHERE id = %s RETURNING *",
-                        (on, upload_id)).fetchone()
+def set_legal_hold(conn: psycopg.Connection, upload_id: uuid.UUID, on: bool) -> UploadRow:
+    return conn.cursor(row_factory=upload_row).execute(
+        "UPDATE uploads SET legal_hold = %s, updated_at = now() WHERE id = %s RETURNING *", (on, upload_id)).fetchone()

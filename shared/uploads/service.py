@@ -54,7 +54,7 @@ from shared.uploads.model import (
     GONE,
     QUARANTINED,
     StoredPart,
-    Upload,
+    UploadRow,
     UploadStatus,
 )
 from shared.uploads.multipart import MultipartStorage
@@ -110,7 +110,7 @@ class UploadService:
     # -- create --
 
     def create(self, principal: Principal, new: NewUpload, actor: Actor, *,
-               part_size_rule: Callable[[int], int] | None = None) -> Upload:
+               part_size_rule: Callable[[int], int] | None = None) -> UploadRow:
         """`part_size_rule` lets a client that splits files its own way (Uppy) say how; the default is ours."""
         principal.require(ROLE_UPLOADER)
         limits = self._limits
@@ -127,7 +127,7 @@ class UploadService:
             part_size = part_size_rule(new.size)
         return self._create(principal, new, part_size, actor)
 
-    def _create(self, principal: Principal, new: NewUpload, part_size: int, actor: Actor) -> Upload:
+    def _create(self, principal: Principal, new: NewUpload, part_size: int, actor: Actor) -> UploadRow:
         now = self._clock()
         upload_id = uuid.uuid4()
         # Server-generated, unguessable, and free of anything the user typed.
@@ -157,48 +157,46 @@ class UploadService:
             raise
         metrics.UPLOADS_CREATED.inc()
         bind(upload_id=str(upload_id))
-        log_event(logger, "upload created", outcome="created", key=key, size=new.size, parts=row["part_count"],
+        log_event(logger, "upload created", outcome="created", key=key, size=new.size, parts=row.part_count,
                   content_type=new.content_type, owner=principal.subject)
-        return Upload(row)
+        return row
 
     # -- reading --
 
     def _load(self, conn: psycopg.Connection, principal: Principal, upload_id: str, *,
-              for_update: bool = False, admin_may_see: bool = False) -> Upload:
+              for_update: bool = False, admin_may_see: bool = False) -> UploadRow:
         try:
             parsed = uuid.UUID(upload_id)
         except ValueError:
             raise NotFound(f"no upload {upload_id}") from None
         row = repository.load(conn, parsed, for_update=for_update)
-        if row is None or (row["owner"] != principal.subject and not (admin_may_see and principal.is_admin)):
+        if row is None or (row.owner != principal.subject and not (admin_may_see and principal.is_admin)):
             raise NotFound(f"no upload {upload_id}")
-        return Upload(row)
+        return row
 
     def find_by_storage_id(self, principal: Principal, storage_upload_id: str, key: str | None) -> str:
         """The dropgate id of an upload known by its S3 UploadId (and key), as Uppy's Companion routes name it."""
         with self._pool.connection() as conn:
             row = repository.find_by_storage_upload_id(conn, storage_upload_id)
-        if row is None or row["owner"] != principal.subject or (key is not None and key != row["object_key"]):
+        if row is None or row.owner != principal.subject or (key is not None and key != row.object_key):
             raise NotFound(f"no upload {storage_upload_id}")
-        return str(row["id"])
+        return str(row.id)
 
-    def describe(self, principal: Principal, upload_id: str) -> tuple[Upload, list[StoredPart]]:
+    def describe(self, principal: Principal, upload_id: str) -> tuple[UploadRow, list[StoredPart]]:
         with self._pool.connection() as conn:
             upload = self._load(conn, principal, upload_id, admin_may_see=True)
         parts = self._stored_parts(upload) if upload.status == UploadStatus.PENDING else []
         return upload, parts
 
-    def _stored_parts(self, upload: Upload) -> list[StoredPart]:
-        row = upload.row
-        return self._storage_calls.stored_parts(row["bucket"], row["object_key"], row["storage_upload_id"])
+    def _stored_parts(self, upload: UploadRow) -> list[StoredPart]:
+        return self._storage_calls.stored_parts(upload.bucket, upload.object_key, upload.storage_upload_id)
 
     def list_files(self, principal: Principal, *, everyone: bool, limit: int = 100,
-                   before: datetime | None = None) -> list[Upload]:
+                   before: datetime | None = None) -> list[UploadRow]:
         if everyone:
             principal.require(ROLE_ADMIN)
         with self._pool.connection() as conn:
-            rows = repository.newest(conn, owner=None if everyone else principal.subject, before=before, limit=limit)
-        return [Upload(row) for row in rows]
+            return repository.newest(conn, owner=None if everyone else principal.subject, before=before, limit=limit)
 
     # -- parts --
 
@@ -206,19 +204,18 @@ class UploadService:
         with self._pool.connection() as conn:
             upload = self._load(conn, principal, upload_id)
         self._require_pending(upload)
-        row = upload.row
         expiry = self._limits.url_expiry_seconds
         now = self._clock()
         signed = []
         for request in requests:
-            if not 1 <= request.number <= row["part_count"]:
-                raise BadRequest(f"part {request.number} does not exist; this upload has parts 1..{row['part_count']}")
-            headers = {"Content-Length": str(part_length(request.number, row["declared_size"], row["part_size"]))}
+            if not 1 <= request.number <= upload.part_count:
+                raise BadRequest(f"part {request.number} does not exist; this upload has parts 1..{upload.part_count}")
+            headers = {"Content-Length": str(part_length(request.number, upload.declared_size, upload.part_size))}
             if request.sha256_base64:
                 headers["x-amz-checksum-sha256"] = request.sha256_base64
-            url = self._signer.presign("PUT", row["bucket"], row["object_key"],
+            url = self._signer.presign("PUT", upload.bucket, upload.object_key,
                                        query={"partNumber": str(request.number),
-                                              "uploadId": row["storage_upload_id"]},
+                                              "uploadId": upload.storage_upload_id},
                                        headers=headers, expires_in=expiry, now=now)
             signed.append({"number": request.number, "url": url.url, "headers": url.headers,
                            "expires_at": url.expires_at.isoformat()})
@@ -229,35 +226,34 @@ class UploadService:
         return signed
 
     @staticmethod
-    def _require_pending(upload: Upload) -> None:
+    def _require_pending(upload: UploadRow) -> None:
         if upload.status != UploadStatus.PENDING:
             raise Conflict(f"upload is {upload.status}, not pending")
 
     # -- complete / abort --
 
-    def complete(self, principal: Principal, upload_id: str, claimed: list[CompletedPart], actor: Actor) -> Upload:
+    def complete(self, principal: Principal, upload_id: str, claimed: list[CompletedPart], actor: Actor) -> UploadRow:
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, upload_id, for_update=True)
             if upload.status != UploadStatus.PENDING:
                 if upload.status in COMPLETED:
                     return upload  # a retried completion: same answer, nothing done twice
                 raise Conflict(f"upload is {upload.status}, not pending")
-            row = upload.row
             stored = self._stored_parts(upload)
-            problem = self._completion_problem(row, claimed, stored)
+            problem = self._completion_problem(upload, claimed, stored)
             # No parts left in storage: a completion that died between storage and its commit may have
             # completed this very upload already. Then this retry records it; aborting would delete the file.
-            etag = self._completed_earlier(row) if problem is not None and not stored else None
+            etag = self._completed_earlier(upload) if problem is not None and not stored else None
             if etag is not None:
                 problem = None
-                updated = self._record_completion(conn, row, claimed, etag, actor, found_completed=True)
+                updated = self._record_completion(conn, upload, claimed, etag, actor, found_completed=True)
             elif problem is None:
-                updated = self._complete_in_storage(conn, row, claimed, actor)
+                updated = self._complete_in_storage(conn, upload, claimed, actor)
             else:
-                self._storage_calls.abort(row["bucket"], row["object_key"], row["storage_upload_id"])
-                self._storage_calls.delete(row["bucket"], row["object_key"])
-                repository.mark_aborted(conn, row["id"], problem)
-                audit.record(conn, actor, "upload.rejected_at_completion", row["id"], reason=problem)
+                self._storage_calls.abort(upload.bucket, upload.object_key, upload.storage_upload_id)
+                self._storage_calls.delete(upload.bucket, upload.object_key)
+                repository.mark_aborted(conn, upload.id, problem)
+                audit.record(conn, actor, "upload.rejected_at_completion", upload.id, reason=problem)
         # Raised after the transaction committed: the abort and its record stay.
         bind(upload_id=str(upload.id))
         if problem is not None:
@@ -265,11 +261,11 @@ class UploadService:
             log_event(logger, "upload aborted at completion", logging.WARNING, outcome="aborted", reason=problem)
             raise BadRequest(f"upload aborted: {problem}")
         metrics.UPLOADS_COMPLETED.inc()
-        log_event(logger, "upload completed", outcome="completed", parts=len(claimed), etag=updated["etag"])
+        log_event(logger, "upload completed", outcome="completed", parts=len(claimed), etag=updated.etag)
         self._announce_completion(updated)
-        return Upload(updated)
+        return updated
 
-    def _announce_completion(self, row: dict[str, Any]) -> None:
+    def _announce_completion(self, row: UploadRow) -> None:
         """The fast path: send the object's canonical "object created" event now, after the commit.
 
         Best effort: the completion stands whatever happens here, because the reconciliation pass
@@ -279,47 +275,47 @@ class UploadService:
         if self._announce is None:
             return
         try:
-            head = self._storage_calls.head(row["bucket"], row["object_key"])
+            head = self._storage_calls.head(row.bucket, row.object_key)
             if head is None:
-                raise Gone(f"{row['object_key']} is not in storage")
+                raise Gone(f"{row.object_key} is not in storage")
             self._announce(object_created_event(row, head))
         except ApiError as exc:
             log_event(logger, "completion not announced; the reconciliation pass will re-drive it", logging.WARNING,
                       outcome="not_announced", error=f"{type(exc).__name__}: {exc}"[:300])
 
-    def _complete_in_storage(self, conn: psycopg.Connection, row: dict[str, Any], claimed: list[CompletedPart],
-                             actor: Actor) -> dict[str, Any]:
-        etag = self._storage_calls.complete(row["bucket"], row["object_key"], row["storage_upload_id"], claimed)
+    def _complete_in_storage(self, conn: psycopg.Connection, row: UploadRow, claimed: list[CompletedPart],
+                             actor: Actor) -> UploadRow:
+        etag = self._storage_calls.complete(row.bucket, row.object_key, row.storage_upload_id, claimed)
         return self._record_completion(conn, row, claimed, etag, actor)
 
-    def _record_completion(self, conn: psycopg.Connection, row: dict[str, Any], claimed: list[CompletedPart],
-                           etag: str, actor: Actor, **detail: Any) -> dict[str, Any]:
-        updated = repository.mark_uploaded(conn, row["id"], etag)
-        audit.record(conn, actor, "upload.completed", row["id"], parts=len(claimed), etag=updated["etag"], **detail)
+    def _record_completion(self, conn: psycopg.Connection, row: UploadRow, claimed: list[CompletedPart],
+                           etag: str, actor: Actor, **detail: Any) -> UploadRow:
+        updated = repository.mark_uploaded(conn, row.id, etag)
+        audit.record(conn, actor, "upload.completed", row.id, parts=len(claimed), etag=updated.etag, **detail)
         return updated
 
-    def _completed_earlier(self, row: dict[str, Any]) -> str | None:
+    def _completed_earlier(self, row: UploadRow) -> str | None:
         """The object's ETag when storage already holds this upload's completed object, else None.
 
         Only presign completes multipart uploads, and only after checking the parts, so an object at
         the upload's key that carries its id and declared size is that completion's result.
         """
-        head = self._storage_calls.head(row["bucket"], row["object_key"])
+        head = self._storage_calls.head(row.bucket, row.object_key)
         if head is None:
             return None
-        if head.get("Metadata", {}).get("upload-id") != str(row["id"]) or head.get("ContentLength") != row["declared_size"]:
+        if head.get("Metadata", {}).get("upload-id") != str(row.id) or head.get("ContentLength") != row.declared_size:
             return None
         return normalise_etag(head.get("ETag", ""))
 
     @staticmethod
-    def _completion_problem(row: dict[str, Any], claimed: list[CompletedPart], stored: list[StoredPart]) -> str | None:
+    def _completion_problem(row: UploadRow, claimed: list[CompletedPart], stored: list[StoredPart]) -> str | None:
         numbers = [p.number for p in claimed]
         if len(set(numbers)) != len(numbers):
             return "a part number is listed twice"
-        expected = set(range(1, row["part_count"] + 1))
+        expected = set(range(1, row.part_count + 1))
         if set(numbers) != expected:
             missing = sorted(expected - set(numbers))[:10]
-            return f"the part list does not match the upload's {row['part_count']} parts (missing {missing})"
+            return f"the part list does not match the upload's {row.part_count} parts (missing {missing})"
         held = {p.number: p for p in stored}
         for part in claimed:
             stored_part = held.get(part.number)
@@ -328,23 +324,23 @@ class UploadService:
             if stored_part.etag != part.etag:
                 return f"part {part.number}: ETag {part.etag} does not match storage's {stored_part.etag}"
         total = sum(held[n].size for n in expected)
-        if total != row["declared_size"]:
-            return f"storage holds {total} bytes but {row['declared_size']} were declared"
+        if total != row.declared_size:
+            return f"storage holds {total} bytes but {row.declared_size} were declared"
         return None
 
-    def abort(self, principal: Principal, upload_id: str, actor: Actor) -> Upload:
+    def abort(self, principal: Principal, upload_id: str, actor: Actor) -> UploadRow:
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, upload_id, for_update=True)
             if upload.status == UploadStatus.ABORTED:
                 return upload
             self._require_pending(upload)
-            self._storage_calls.abort(upload.row["bucket"], upload.row["object_key"], upload.row["storage_upload_id"])
+            self._storage_calls.abort(upload.bucket, upload.object_key, upload.storage_upload_id)
             row = repository.mark_aborted(conn, upload.id, "cancelled by the user")
             audit.record(conn, actor, "upload.aborted", upload.id)
         metrics.UPLOADS_ABORTED.labels("user").inc()
         bind(upload_id=str(upload.id))
         log_event(logger, "upload aborted", outcome="aborted", reason="cancelled by the user")
-        return Upload(row)
+        return row
 
     # -- files --
 
@@ -359,21 +355,20 @@ class UploadService:
                 raise Gone(f"the file is {status}")
             if status not in DOWNLOADABLE:
                 raise Forbidden(f"the file is {status} and will not be served"
-                                + (f": {upload.row['scan_detail']}" if upload.row["scan_detail"] else ""))
-            row = upload.row
+                                + (f": {upload.scan_detail}" if upload.scan_detail else ""))
             audit.record(conn, actor, "file.download_url", upload.id)
         metrics.DOWNLOAD_URLS_SIGNED.inc()
         bind(upload_id=str(upload.id))
         log_event(logger, "download url signed", outcome="signed", expires_in=min(
             DOWNLOAD_URL_SECONDS, self._limits.url_expiry_seconds))
         return self._signer.presign(
-            "GET", row["bucket"], row["object_key"],
+            "GET", upload.bucket, upload.object_key,
             # The type sniffed from the bytes, never the client's claim, and always as an attachment.
-            query={"response-content-disposition": content_disposition(row["filename"]),
-                   "response-content-type": download_type(row["detected_type"])},
+            query={"response-content-disposition": content_disposition(upload.filename),
+                   "response-content-type": download_type(upload.detected_type)},
             expires_in=min(DOWNLOAD_URL_SECONDS, self._limits.url_expiry_seconds), now=self._clock())
 
-    def set_legal_hold(self, principal: Principal, file_id: str, on: bool, actor: Actor) -> Upload:
+    def set_legal_hold(self, principal: Principal, file_id: str, on: bool, actor: Actor) -> UploadRow:
         principal.require(ROLE_ADMIN)
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, file_id, for_update=True, admin_may_see=True)
@@ -383,11 +378,11 @@ class UploadService:
             row = repository.set_legal_hold(conn, upload.id, on)
             audit.record(conn, actor, "file.legal_hold_set" if on else "file.legal_hold_released", upload.id,
                          object_lock=object_lock)
-        return Upload(row)
+        return row
 
-    def _set_object_legal_hold(self, upload: Upload, on: bool) -> str:
+    def _set_object_legal_hold(self, upload: UploadRow, on: bool) -> str:
         """Mirror the hold in S3 Object Lock where the bucket has it; the database flag is what expire obeys."""
         if upload.status == UploadStatus.PENDING:
             return "not yet an object"
-        bucket = self._storage.quarantine_bucket if upload.status in QUARANTINED else upload.row["bucket"]
-        return self._storage_calls.set_legal_hold(bucket, upload.row["object_key"], on)
+        bucket = self._storage.quarantine_bucket if upload.status in QUARANTINED else upload.bucket
+        return self._storage_calls.set_legal_hold(bucket, upload.object_key, on)

@@ -37,6 +37,7 @@ from events.wire import is_hex
 from shared.platform import audit
 from shared.platform.audit import Actor
 from shared.platform.logs import log_event
+from shared.uploads.model import UploadRow, upload_row
 
 logger = logging.getLogger("dropgate.metadata")
 
@@ -67,7 +68,7 @@ def is_newer(event_sequencer: str | None, event_time: datetime, stored_sequencer
 class Recorded:
     outcome: str  # APPLIED, ORPHAN or STALE (for a duplicate: the outcome of its first delivery)
     duplicate: bool
-    upload: dict[str, Any] | None  # the upload row after the change
+    upload: UploadRow | None  # the upload row after the change
     location: dict[str, Any] | None  # the storage_objects row after the change
 
 
@@ -91,8 +92,8 @@ class MetadataRecorder:
                          (recorded.outcome, CONSUMER, event.id))
         log_event(logger, "storage event recorded", event_id=event.id, event_type=event.type, bucket=event.bucket,
                   key=event.key, outcome=recorded.outcome,
-                  upload_id=str(recorded.upload["id"]) if recorded.upload else None,
-                  status=recorded.upload["status"] if recorded.upload else None)
+                  upload_id=str(recorded.upload.id) if recorded.upload else None,
+                  status=recorded.upload.status if recorded.upload else None)
         return recorded
 
     def reply(self, event: StorageObjectEvent, recorded: Recorded) -> MetadataRecorded | None:
@@ -106,8 +107,8 @@ class MetadataRecorder:
         upload, location = recorded.upload, recorded.location
         return MetadataRecorded(
             id=f"metadata-{digest(event.source, event.id)}", source=self._source, time=self._clock(),
-            upload_id=upload["id"], bucket=event.bucket, key=event.key, storage_event_id=event.id,
-            storage_event_type=event.type, status=upload["status"], present=location["present"],
+            upload_id=upload.id, bucket=event.bucket, key=event.key, storage_event_id=event.id,
+            storage_event_type=event.type, status=str(upload.status), present=location["present"],
             size=location["size"], etag=location["etag"], content_type=location["content_type"],
             sequencer=location["sequencer"])
 
@@ -121,8 +122,8 @@ class MetadataRecorder:
         return Recorded(outcome=outcome, duplicate=True, upload=_find_upload(conn, event.bucket, event.key, lock=False),
                         location=_location(conn, event.bucket, event.key, lock=False))
 
-    def _apply(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: dict[str, Any] | None) -> Recorded:
-        upload_id = upload["id"] if upload else None
+    def _apply(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: UploadRow | None) -> Recorded:
+        upload_id = upload.id if upload else None
         location = _location(conn, event.bucket, event.key, lock=True)
         if location is None:
             location = conn.execute(
@@ -160,7 +161,7 @@ class MetadataRecorder:
                  event.time, event.id, event.type, event.bucket, event.key)).fetchone()
         return self._applied(conn, event, upload, location)
 
-    def _applied(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: dict[str, Any] | None,
+    def _applied(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: UploadRow | None,
                  location: dict[str, Any]) -> Recorded:
         detail = {"event_id": event.id, "type": event.type, "bucket": event.bucket, "key": event.key,
                   "size": event.size, "etag": event.etag, "sequencer": event.sequencer,
@@ -169,19 +170,19 @@ class MetadataRecorder:
             audit.record(conn, ACTOR, "storage.orphan_removed" if event.is_removal else "storage.orphan_recorded",
                          None, **detail)
             return Recorded(outcome=ORPHAN, duplicate=False, upload=None, location=location)
-        if upload["bucket"] != event.bucket:
+        if upload.bucket != event.bucket:
             # A copy of the upload's object elsewhere (the quarantine, or the uploads bucket after a move).
             audit.record(conn, ACTOR, "storage.copy_removed" if event.is_removal else "storage.copy_recorded",
-                         upload["id"], **detail)
+                         upload.id, **detail)
             return Recorded(outcome=APPLIED, duplicate=False, upload=upload, location=location)
         if event.is_removal:
-            upload = conn.execute(
+            upload = conn.cursor(row_factory=upload_row).execute(
                 "UPDATE uploads SET storage_sequencer = %s, storage_event_time = %s, updated_at = now()"
-                " WHERE id = %s RETURNING *", (event.sequencer, event.time, upload["id"])).fetchone()
-            audit.record(conn, ACTOR, "storage.object_removed", upload["id"], status=upload["status"], **detail)
+                " WHERE id = %s RETURNING *", (event.sequencer, event.time, upload.id)).fetchone()
+            audit.record(conn, ACTOR, "storage.object_removed", upload.id, status=upload.status, **detail)
             return Recorded(outcome=APPLIED, duplicate=False, upload=upload, location=location)
-        before = upload["status"]
-        upload = conn.execute(
+        before = upload.status
+        upload = conn.cursor(row_factory=upload_row).execute(
             "UPDATE uploads SET stored_size = %s, etag = %s, stored_content_type = %s, storage_sequencer = %s,"
             " storage_event_time = %s,"
             # Only the first step is metadata's to take; scanning, verdicts and expiry belong to others.
@@ -189,20 +190,21 @@ class MetadataRecorder:
             " completed_at = CASE WHEN status = 'pending' THEN coalesce(completed_at, %s) ELSE completed_at END,"
             " updated_at = now() WHERE id = %s RETURNING *",
             (event.size, event.etag, event.content_type, event.sequencer, event.time, event.time,
-             upload["id"])).fetchone()
-        audit.record(conn, ACTOR, "storage.object_recorded", upload["id"], status_before=before,
-                     status=upload["status"], **detail)
+             upload.id)).fetchone()
+        audit.record(conn, ACTOR, "storage.object_recorded", upload.id, status_before=before,
+                     status=upload.status, **detail)
         return Recorded(outcome=APPLIED, duplicate=False, upload=upload, location=location)
 
 
-def _find_upload(conn: psycopg.Connection, bucket: str, key: str, *, lock: bool = True) -> dict[str, Any] | None:
+def _find_upload(conn: psycopg.Connection, bucket: str, key: str, *, lock: bool = True) -> UploadRow | None:
     """The upload stored at bucket/key; else the one whose object this is a copy of (same server-made key)."""
     suffix = " FOR UPDATE" if lock else ""
-    row = conn.execute("SELECT * FROM uploads WHERE bucket = %s AND object_key = %s" + suffix,
-                       (bucket, key)).fetchone()
+    uploads = conn.cursor(row_factory=upload_row)
+    row = uploads.execute("SELECT * FROM uploads WHERE bucket = %s AND object_key = %s" + suffix,
+                          (bucket, key)).fetchone()
     if row is None:
-        rows = conn.execute("SELECT * FROM uploads WHERE object_key = %s ORDER BY created_at LIMIT 2" + suffix,
-                            (key,)).fetchall()
+        rows = uploads.execute("SELECT * FROM uploads WHERE object_key = %s ORDER BY created_at LIMIT 2" + suffix,
+                               (key,)).fetchall()
         row = rows[0] if len(rows) == 1 else None  # two uploads with one key in two buckets: not ours to guess
     return row
 
