@@ -60,6 +60,7 @@ def measure(stack: LocalStack, *, files: int) -> list[dict]:
     ping = Ping(id=uuid.uuid4().hex, source="/apis/v1/namespaces/dropgate/pingsources/dropgate-expire",
                 time=datetime.now(UTC), task="expire")
     headers, data = to_binary(ping.to_cloudevent())
+    headers["Authorization"] = f"Bearer {stack.event_token('expire')}"  # as the broker delivers it
     start = time.perf_counter()
     request = urllib.request.Request(f"http://{HOST}:{port}/", data=data, headers=headers, method="POST")
     with urllib.request.urlopen(request, timeout=900) as response:  # noqa: S310 - loopback only

@@ -97,7 +97,7 @@ def _run(stack: LocalStack, tmp: Path, size: int, rounds: int) -> dict:
                 " part_size, part_count, status, expires_at) VALUES (%s, 'bench', %s, %s, 'b.bin',"
                 " 'application/octet-stream', %s, %s, %s, 'uploaded', now() + interval '1 day')",
                 (str(uuid.uuid4()), storage.uploads_bucket, key, size, 8 * MIB, max(1, size // (8 * MIB))))
-        ours = _timed_scan(port, storage.uploads_bucket, key, size, rss)
+        ours = _timed_scan(port, storage.uploads_bucket, key, size, rss, stack.event_token("scan"))
         start = time.perf_counter()
         verdict = clamd.ClamdNetworkSocket("127.0.0.1", stack.ports.clamd, timeout=600).scan(str(local_file))
         theirs = time.perf_counter() - start
@@ -112,12 +112,13 @@ def _run(stack: LocalStack, tmp: Path, size: int, rounds: int) -> dict:
             "peak_rss_mib": round(rss.peak / MIB, 1), "baseline_rss_mib": round(rss.baseline / MIB, 1)}
 
 
-def _timed_scan(port: int, bucket: str, key: str, size: int, rss: PeakRss) -> float:
+def _timed_scan(port: int, bucket: str, key: str, size: int, rss: PeakRss, token: str) -> float:
     import urllib.request
 
     event = ObjectCreated(id=uuid.uuid4().hex, event_name="ObjectCreated:CompleteMultipartUpload",
                           event_source="minio:s3", region="", bucket=bucket, key=key, time=datetime.now(UTC), size=size)
     headers, body = to_binary(event.to_cloudevent())
+    headers["Authorization"] = f"Bearer {token}"  # as the broker delivers it
     with rss:
         start = time.perf_counter()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, headers=headers, method="POST")

@@ -2,6 +2,7 @@
 
     dropgate-dev up                               start everything, Ctrl-C stops everything
     dropgate-dev token --sub alice --roles uploader   a dev JWT the local presign accepts
+    dropgate-dev event-token scan                     the token the local broker sends scan
     dropgate-dev env                              the functions' environment, as shell exports
     dropgate-dev migrate                          apply database migrations (uses DATABASE_URL)
 
@@ -103,6 +104,18 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _event_token(args: argparse.Namespace) -> int:
+    """What the local broker presents to a function (or, with --sub/--audience, any other sender)."""
+    from dropgate_local.stack import LocalStack, StackPorts
+
+    ports = _load_state(args.data_dir)["ports"]
+    stack = LocalStack(args.data_dir, StackPorts.fixed())
+    stack.ports = StackPorts(dev_oidc=ports["dev_oidc"], router=ports["router"], web=ports["web"],
+                             clamd=ports["clamd"], functions=ports["functions"], seaweed=stack.ports.seaweed)
+    print(stack.event_token(args.function, subject=args.sub, audience=args.audience, ttl_seconds=args.ttl))
+    return 0
+
+
 def _env(args: argparse.Namespace) -> int:
     for name, value in _load_state(args.data_dir)["env"].items():
         print(f"export {name}={shlex.quote(value)}")
@@ -127,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--roles", default="uploader", help="comma-separated: uploader, admin")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(run=_token)
+    event_token = sub.add_parser("event-token", help="mint the token the local broker sends a function with "
+                                 "(Knative's authentication-oidc), e.g. to curl a CloudEvent at it")
+    event_token.add_argument("function", choices=["scan", "metadata", "expire", "reconcile"])
+    event_token.add_argument("--sub", default=None, help="another sender (default: the function's first Trigger)")
+    event_token.add_argument("--audience", default=None, help="another audience (default: the function's)")
+    event_token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    event_token.set_defaults(run=_event_token)
     sub.add_parser("env", help="print the functions' environment as shell exports").set_defaults(run=_env)
     sub.add_parser("migrate", help="apply database migrations to DATABASE_URL").set_defaults(run=_migrate)
     ops.register(sub)

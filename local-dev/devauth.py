@@ -114,9 +114,18 @@ def mint_dev_token(key: DevSigningKey, body: object, issuer: str) -> tuple[int, 
     return 200, {"access_token": token, "token_type": "Bearer", "expires_in": DEV_TOKEN_TTL_SECONDS}
 
 
-def serve(key: DevSigningKey, host: str, port: int) -> ThreadingHTTPServer:
+def serve(key: DevSigningKey, host: str, port: int, cluster_key: DevSigningKey | None = None) -> ThreadingHTTPServer:
+    """The users' issuer at /dev-oidc; with `cluster_key`, also the local cluster's service-account
+    issuer at /cluster (dropgate_local.identity), at the paths the Kubernetes API server uses."""
     issuer = issuer_url(host, port)
+    cluster = f"http://{host}:{port}/cluster"
+    cluster_documents = {} if cluster_key is None else {
+        "/cluster/openid/v1/jwks": cluster_key.jwks(),
+        "/cluster/.well-known/openid-configuration": {"issuer": cluster, "jwks_uri": f"{cluster}/openid/v1/jwks",
+                                                      "id_token_signing_alg_values_supported": ["RS256"]},
+    }
     documents = {
+        **cluster_documents,
         "/dev-oidc/jwks.json": key.jwks(),
         "/dev-oidc/.well-known/openid-configuration": {"issuer": issuer, "jwks_uri": f"{issuer}/jwks.json",
                                                        "id_token_signing_alg_values_supported": ["RS256"]},
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     key = DevSigningKey.load_or_create(args.data_dir / "dev-oidc")
-    server = serve(key, args.host, args.port)
+    server = serve(key, args.host, args.port, cluster_key=DevSigningKey.load_or_create(args.data_dir / "cluster-oidc"))
     return serve_until_interrupted(server)
 
 

@@ -65,6 +65,10 @@ class Target:
     broker_url: str | None  # K_SINK: the Broker's ingress (the local router's in a local stack)
     router_url: str | None  # the local router's own API (/events, /pingsources); None in a cluster
     dead_letter_file: Path | None
+    # The token the broker's ingress requires (Knative authentication-oidc). On a cluster:
+    # `kubectl create token dropgate-operator --audience eventing.knative.dev/broker/dropgate/dropgate > f`
+    # and DROPGATE_SINK_TOKEN_FILE=f; in a local stack, minted for the same operator account.
+    sink_token_file: str | None = None
 
     @classmethod
     def resolve(cls, args: argparse.Namespace) -> Target:
@@ -74,13 +78,38 @@ class Target:
             router = f"http://127.0.0.1:{state['ports']['router']}"
             env = dict(state["env"])
             dead_letters = args.data_dir.resolve() / "logs" / "dead-letter.jsonl"
+            token = str(operator_token_file(args.data_dir.resolve(), state["ports"]["dev_oidc"]))
         else:
             env, router, dead_letters = dict(os.environ), None, None
+            token = env.get("DROPGATE_SINK_TOKEN_FILE")
         broker = args.broker or env.get("K_SINK") or None
-        return cls(env=env, broker_url=broker, router_url=args.router or router, dead_letter_file=dead_letters)
+        return cls(env=env, broker_url=broker, router_url=args.router or router, dead_letter_file=dead_letters,
+                   sink_token_file=token)
+
+    def sink(self) -> EventSink:
+        return EventSink(self.broker_url, token_file=self.sink_token_file)
 
     def settings(self, *sections: str) -> Settings:
         return Settings.from_env(sections, self.env)
+
+
+OPERATOR_SERVICE_ACCOUNT = "dropgate-operator"  # manifests/base/eventing/eventpolicy.yaml allows it
+
+
+def operator_token_file(data_dir: Path, dev_oidc_port: int) -> Path:
+    """A fresh broker token for the operator account of a local stack, as `kubectl create token` gives one."""
+    from dropgate_local.identity import (
+        ClusterIssuer,
+        broker_audience,
+        cluster_issuer_url,
+        subject,
+    )
+    from dropgate_local.stack import write_token
+
+    path = data_dir / "tokens" / f"{OPERATOR_SERVICE_ACCOUNT}.token"
+    issuer = ClusterIssuer(data_dir, cluster_issuer_url("127.0.0.1", dev_oidc_port))
+    write_token(path, issuer.mint(subject("dropgate", OPERATOR_SERVICE_ACCOUNT), broker_audience("dropgate", "dropgate")))
+    return path
 
 
 def _operator(args: argparse.Namespace) -> Actor:
@@ -240,7 +269,7 @@ class Replayed:
 
 
 def replay_dead_letters(path: Path, broker_url: str | None, *, ids: Iterable[str] = (),
-                        dry_run: bool = False) -> list[Replayed]:
+                        dry_run: bool = False, token_file: str | None = None) -> list[Replayed]:
     """Take the file's lines under its lock, re-post the chosen events, put back what was not replayed.
 
     Replayed lines go to `<file>.replayed`, with the time, so what was replayed stays on record.
@@ -257,7 +286,7 @@ def replay_dead_letters(path: Path, broker_url: str | None, *, ids: Iterable[str
             file.seek(0)
             file.truncate()
     results, keep, done = [], [], []
-    sink = EventSink(broker_url)
+    sink = EventSink(broker_url, token_file=token_file)
     for line in lines:
         try:
             event = _parse_dead_letter(line)
@@ -346,7 +375,7 @@ def rescan(target: Target, upload_id: str, actor: Actor, reason: str) -> dict[st
             content_type=row["stored_content_type"] or row["content_type"]).to_cloudevent()
         event = CloudEvent({**event.get_attributes(), RESCAN_EXTENSION: rescan_id}, event.get_data())
         try:
-            EventSink(target.broker_url).send(event)
+            target.sink().send(event)
         except Exception as exc:
             raise OpsError(f"the verdict was reset but the event could not be sent ({type(exc).__name__}: {exc}); "
                            f"run `dropgate-dev rescan {upload_id}` again to re-emit it") from exc
@@ -371,7 +400,7 @@ def expire_now(target: Target, *, namespace: str, wait: float | None) -> dict[st
     ping = Ping(id=str(uuid.uuid4()), source=f"/apis/v1/namespaces/{namespace}/pingsources/{EXPIRE_PINGSOURCE}",
                 time=datetime.now(UTC), task="expire")
     with tracing.span("dropgate-dev expire-now"):
-        EventSink(target.broker_url).send(ping.to_cloudevent())
+        target.sink().send(ping.to_cloudevent())
     return {"via": "broker", "ping_id": ping.id, "broker": target.broker_url}
 
 
@@ -400,7 +429,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     path = args.file or target.dead_letter_file
     if path is None:
         raise OpsError("no dead-letter file: pass --file (e.g. the JobSink's logs saved one JSON line per event)")
-    results = replay_dead_letters(path, target.broker_url, ids=args.id, dry_run=args.dry_run)
+    results = replay_dead_letters(path, target.broker_url, ids=args.id, dry_run=args.dry_run,
+                                  token_file=target.sink_token_file)
     _print([r.__dict__ for r in results], args.json,
            "\n".join(f"{r.outcome:<10} {r.id}  {r.type or ''}" + (f"  {r.detail}" if r.detail else "")
                      for r in results) or f"no dead-lettered events in {path}")
@@ -454,7 +484,7 @@ def _run_blocklist(args: argparse.Namespace) -> int:
                 if not target.broker_url:
                     raise OpsError(f"{len(events)} files were quarantined but no broker was given to tell "
                                    "subscribers: set K_SINK or pass --broker")
-                EventSink(target.broker_url).send_all(event.to_cloudevent() for event in events)
+                target.sink().send_all(event.to_cloudevent() for event in events)
             quarantined = [str(event.upload_id) for event in events]
             _print({"sha256": args.sha256, "added": added, "quarantined": quarantined}, args.json,
                    f"{args.sha256} {'added' if added else 'was listed already'}; "

@@ -63,6 +63,16 @@ from prometheus_client import (
     generate_latest,
 )
 
+from dropgate_local.identity import (
+    BrokerIdentity,
+    ClusterIssuer,
+    FunctionIdentity,
+    broker_admits,
+    function_identities,
+    ping_source_subject,
+    policies_from_manifests,
+    subscription_subject,
+)
 from dropgate_local.routing import (
     PING_EVENT_TYPE,
     PingSchedule,
@@ -98,6 +108,8 @@ class DeliveryMetrics:
                                      ["trigger"], registry=self.registry)
         self.accepted = Counter("dropgate_router_events_accepted", "Events accepted at ingress, by origin kind",
                                 ["origin"], registry=self.registry)
+        self.refused = Counter("dropgate_router_events_refused", "Ingress requests refused: no or bad token (401), "
+                               "sender not allowed by an EventPolicy (403)", ["status"], registry=self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -140,8 +152,9 @@ class LocalBroker:
     """Accepts events, routes them by the Triggers, delivers with retries, records what happened."""
 
     def __init__(self, table: RoutingTable, services: Mapping[str, str], *, dead_letter_file: Path | None,
-                 workers: int = 16, history: int = 1000):
+                 identity: BrokerIdentity, workers: int = 16, history: int = 1000):
         self.table = table
+        self.identity = identity
         self.services = dict(services)
         self.dead_letter_file = dead_letter_file
         self.ingress_url = ""
@@ -188,6 +201,15 @@ class LocalBroker:
         data = base64.b64decode(ping.data_base64) if ping.data_base64 else (ping.data or "").encode() or None
         event = CloudEvent(attributes, data)
         if ping.sink.kind == "Broker" and ping.sink.name in self.table.brokers:
+            # The PingSource posts to the ingress as its own service account; EventPolicies decide.
+            sender = ping_source_subject(ping.namespace or "default", ping.name)
+            if not broker_admits(self.identity.policies, ping.sink.name, self._namespace(ping.sink.name), sender):
+                record = {"id": attributes["id"], "type": PING_EVENT_TYPE, "source": ping.event_source,
+                          "subject": None, "origin": f"ping:{ping.name}", "broker": ping.sink.name,
+                          "received_at": _now(), "attributes": _attributes(event), "deliveries": [],
+                          "dropped": f"403: {sender} is not allowed by the broker's EventPolicies"}
+                self._remember(record)
+                return record
             return self.ingest(event, origin=f"ping:{ping.name}", broker=ping.sink.name)
         url = ping.sink.resolve(self.services)
         record = {"id": attributes["id"], "type": PING_EVENT_TYPE, "source": ping.event_source, "subject": None,
@@ -197,8 +219,14 @@ class LocalBroker:
                                   "attempts": [], "outcome": "pending" if url else "unresolved"}]}
         self._remember(record)
         if url:
-            self._pool.submit(self._post_once, url, event, record["deliveries"][0])
+            sender = ping_source_subject(ping.namespace or "default", ping.name)
+            headers = self.identity.sink_headers(sender, ping.sink.audience) if ping.sink.audience else {}
+            self._pool.submit(self._post_once, url, event, record["deliveries"][0], headers)
         return record
+
+    def _namespace(self, broker: str) -> str:
+        info = self.table.brokers.get(broker)
+        return (info.namespace if info else None) or "default"
 
     # -- delivery --
 
@@ -221,8 +249,10 @@ class LocalBroker:
         structured = bool(delivery and delivery.format == "json")
         outgoing = _without(event, TTL_EXTENSION)
         for attempt in range(len(delays) + 1):
+            # A fresh token per attempt, as Knative's dispatcher asks its token provider each time.
+            identity = self.identity.delivery_headers(route.namespace or "default", route.name, route.subscriber.audience)
             status, headers, body, error = _post(url, outgoing, timeout=timeout, structured=structured,
-                                                 extra_headers={"Prefer": "reply"})
+                                                 extra_headers={"Prefer": "reply", **identity})
             with self._lock:
                 entry["attempts"].append({"at": _now(), "status": status, "error": error})
             if attempt:
@@ -251,6 +281,14 @@ class LocalBroker:
             self._update(entry, error=f"malformed reply: {exc}")
             self._dead_letter(route, event, entry, dest=self.ingress_url or "broker", code=400,
                               body=f"malformed reply: {exc}".encode(), outcome="reply-rejected")
+            return True
+        sender = subscription_subject(route.namespace or "default", route.broker, route.name)
+        if not broker_admits(self.identity.policies, route.broker, self._namespace(route.broker), sender):
+            # The channel posts the reply to the ingress as the Trigger's Subscription; a 403 there fails
+            # the delivery, which Knative retries and then dead-letters like any other failure.
+            self._dead_letter(route, event, entry, dest=self.ingress_url or "broker", code=403,
+                              body=f"reply from {sender} refused by the broker's EventPolicies".encode(),
+                              outcome="reply-rejected")
             return True
         ttl = (_int_or_none(event.get(TTL_EXTENSION)) or TTL_DEFAULT) - 1
         reply = _with_attributes(reply, {TTL_EXTENSION: ttl})
@@ -294,8 +332,8 @@ class LocalBroker:
                                                           "status": sink_status, "code": code})
         _log("dead-lettered", trigger=route.name, id=event["id"], code=code, sink=dead_letter.describe())
 
-    def _post_once(self, url: str, event: CloudEvent, entry: dict) -> None:
-        status, _, _, error = _post(url, event, timeout=DEFAULT_TIMEOUT_SECONDS)
+    def _post_once(self, url: str, event: CloudEvent, entry: dict, headers: Mapping[str, str]) -> None:
+        status, _, _, error = _post(url, event, timeout=DEFAULT_TIMEOUT_SECONDS, extra_headers=headers)
         with self._lock:
             entry["attempts"].append({"at": _now(), "status": status, "error": error})
             entry["outcome"] = "delivered" if status is not None and 200 <= status < 300 else "failed"
@@ -457,6 +495,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, {"error": "not_found",
                                "detail": f"no broker at {path}; post to / or /<namespace>/<broker>"})
             return
+        broker_name = broker or next(iter(self.broker.table.brokers), "default")
+        refusal = self.broker.identity.ingress_refusal(self.headers.get("Authorization"),
+                                                       self.broker._namespace(broker_name), broker_name)  # noqa: SLF001
+        if refusal is not None:
+            self.broker.metrics.refused.labels(str(refusal[0])).inc()
+            _log("ingress refused", status=refusal[0], detail=refusal[1], ce_id=self.headers.get("ce-id"))
+            self._answer(refusal[0], {"error": "unauthorized" if refusal[0] == 401 else "forbidden",
+                                      "detail": refusal[1]})
+            return
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             event = _normalized(from_http(headers, body), body if "ce-specversion" in headers else None)
@@ -478,6 +525,19 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def renew_sink_tokens(issuer: ClusterIssuer, identities: Mapping[str, FunctionIdentity], token_dir: Path,
+                      stopping: threading.Event, every_seconds: float = 600) -> None:
+    """Knative's SinkBinding keeps a fresh token in each subject's /oidc/token; these files are the local ones."""
+    from dropgate_local.stack import write_token
+
+    while True:
+        for name, identity in identities.items():
+            if identity.sink_subject and identity.sink_audience:
+                write_token(token_dir / f"{name}.token", issuer.mint(identity.sink_subject, identity.sink_audience))
+        if stopping.wait(every_seconds):
+            return
+
+
 def _describe_route(route: TriggerRoute, services: Mapping[str, str]) -> dict:
     delivery = route.delivery
     return {"name": route.name, "broker": route.broker, "filter": dict(route.filter_attributes),
@@ -486,8 +546,8 @@ def _describe_route(route: TriggerRoute, services: Mapping[str, str]) -> dict:
             "dead_letter": delivery.dead_letter.describe() if delivery and delivery.dead_letter else None}
 
 
-def build_table(manifests: Path, *, uploads_bucket: str | None, quarantine_bucket: str | None) -> RoutingTable:
-    table = RoutingTable.from_manifests(load_manifests(manifests))
+def build_table(documents: list[dict], *, uploads_bucket: str | None, quarantine_bucket: str | None) -> RoutingTable:
+    table = RoutingTable.from_manifests(documents)
     return table.with_bucket_names({
         table.config.get("DROPGATE_UPLOADS_BUCKET", "dropgate-uploads"): uploads_bucket or "",
         table.config.get("DROPGATE_QUARANTINE_BUCKET", "dropgate-quarantine"): quarantine_bucket or "",
@@ -514,19 +574,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uploads-bucket", default=None, help="use this bucket name in Trigger bucket filters")
     parser.add_argument("--quarantine-bucket", default=None)
     parser.add_argument("--workers", type=int, default=16, help="delivery threads")
+    parser.add_argument("--cluster-issuer", required=True,
+                        help="issuer URL of the local cluster's service-account tokens (dropgate_local.identity)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="where the cluster issuer's key lives")
+    parser.add_argument("--token-dir", type=Path, default=None,
+                        help="renew <service>.token here for each function with a SinkBinding, as Knative does")
     args = parser.parse_args(argv)
     try:
-        table = build_table(args.manifests, uploads_bucket=args.uploads_bucket,
-                            quarantine_bucket=args.quarantine_bucket)
-    except (ManifestError, ValueError) as exc:
+        documents = load_manifests(args.manifests)
+        table = build_table(documents, uploads_bucket=args.uploads_bucket, quarantine_bucket=args.quarantine_bucket)
+        policies = policies_from_manifests(documents, default_namespace="default")
+    except (ManifestError, ValueError, KeyError) as exc:
         print(f"router: cannot load routing from {args.manifests}: {exc}", file=sys.stderr, flush=True)
         return 2
-    broker = LocalBroker(table, args.services, dead_letter_file=args.dead_letter, workers=args.workers)
+    identity = BrokerIdentity(ClusterIssuer(args.data_dir, args.cluster_issuer), policies)
+    broker = LocalBroker(table, args.services, dead_letter_file=args.dead_letter, identity=identity,
+                         workers=args.workers)
     handler = type("Handler", (_Handler,), {"broker": broker})
     server = ThreadingHTTPServer((args.host, args.port), handler)
     server.daemon_threads = True
     broker.ingress_url = f"http://{args.host}:{server.server_address[1]}/"
     threading.Thread(target=broker.run_schedules, name="pingsources", daemon=True).start()
+    if args.token_dir is not None:
+        threading.Thread(target=renew_sink_tokens, args=(identity.issuer, function_identities(documents),
+                                                         args.token_dir, broker._stopping),  # noqa: SLF001
+                         name="sink-tokens", daemon=True).start()
 
     def on_signal(signum: int, _frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -76,6 +76,9 @@ class Destination:
     api_version: str | None = None
     namespace: str | None = None
     uri: str | None = None
+    # OIDC audience of the target (`authentication-oidc`): the broker requests a token for it. A
+    # Knative Service announces none, so a Trigger to one must set it, or no token is sent.
+    audience: str | None = None
 
     @classmethod
     def from_spec(cls, spec: Mapping | None, where: str) -> Destination | None:
@@ -83,7 +86,7 @@ class Destination:
             return None
         ref = spec.get("ref") or {}
         destination = cls(kind=ref.get("kind"), name=ref.get("name"), api_version=ref.get("apiVersion"),
-                          namespace=ref.get("namespace"), uri=spec.get("uri"))
+                          namespace=ref.get("namespace"), uri=spec.get("uri"), audience=spec.get("audience"))
         if destination.name is None and destination.uri is None:
             raise RoutingError(f"{where}: a destination needs ref.name or uri")
         return destination

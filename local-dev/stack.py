@@ -31,6 +31,12 @@ from dropgate_local.devauth import (
     jwks_url,
     token_url,
 )
+from dropgate_local.identity import (
+    ClusterIssuer,
+    FunctionIdentity,
+    cluster_issuer_url,
+    cluster_jwks_url,
+)
 from dropgate_local.postgres import EmbeddedPostgres
 from dropgate_local.processes import ChildProcess, StartupError, free_port, http_ok
 
@@ -154,23 +160,72 @@ class LocalStack:
             return False
 
     def start_dev_oidc(self) -> None:
+        """The users' and the local cluster's issuers; started once (a receiving function needs it too)."""
+        if "dev-oidc" in self.children and self.children["dev-oidc"].running:
+            return
         DevSigningKey.load_or_create(self.data_dir / "dev-oidc")
         child = self._start("dev-oidc", [sys.executable, "-m", "dropgate_local.devauth", "serve",
                                          "--data-dir", str(self.data_dir), "--port", str(self.ports.dev_oidc)])
         child.wait_until(lambda: http_ok(f"http://{HOST}:{self.ports.dev_oidc}/healthz"), timeout=30)
 
+    # -- identity: the local cluster's service-account tokens (dropgate_local.identity) --
+
+    @property
+    def cluster_issuer(self) -> ClusterIssuer:
+        return ClusterIssuer(self.data_dir, cluster_issuer_url(HOST, self.ports.dev_oidc))
+
+    def identities(self) -> dict[str, FunctionIdentity]:
+        """Each function's audience, senders and SinkBinding identity, as the dev overlay's manifests say."""
+        if not hasattr(self, "_identities"):
+            from dropgate_local.identity import function_identities
+            from dropgate_local.router import load_manifests
+
+            self._identities = function_identities(load_manifests(SOURCE_DIR / "manifests" / "overlays" / "dev"))
+        return self._identities
+
+    def event_token(self, name: str, *, subject: str | None = None, audience: str | None = None,
+                    ttl_seconds: int = 3600) -> str:
+        """A token as the broker presents it to function `name` (as its first Trigger, for its audience);
+        `subject`/`audience` forge other senders for tests and for `dropgate-dev event-token`."""
+        identity = self.identities()[service_name(name)]
+        senders = (identity.senders or "").split(",")
+        return self.cluster_issuer.mint(subject or senders[0], audience or identity.audience or "",
+                                        ttl_seconds=ttl_seconds)
+
+    def sink_token_file(self, name: str) -> Path | None:
+        """The token function `name` presents to the broker (its SinkBinding's), written as Knative would
+        mount it at /oidc/token; the router renews these files. None for a function that emits nothing."""
+        identity = self.identities().get(service_name(name))
+        if identity is None or identity.sink_subject is None:
+            return None
+        path = self.data_dir / "tokens" / f"{service_name(name)}.token"
+        write_token(path, self.cluster_issuer.mint(identity.sink_subject, identity.sink_audience or ""))
+        return path
+
     def knative_services(self) -> dict[str, str]:
         """Knative Service name -> this stack's address of that function, for the router."""
-        return {"dropgate-" + name.replace("_", "-"): self.ports.function_url(name) for name in FUNCTIONS}
+        return {service_name(name): self.ports.function_url(name) for name in FUNCTIONS}
+
+    def router_command(self, port: int, *, services: dict[str, str], dead_letter: Path,
+                       manifests: Path = SOURCE_DIR / "manifests" / "overlays" / "dev",
+                       uploads_bucket: str = UPLOADS_BUCKET, quarantine_bucket: str = QUARANTINE_BUCKET) -> list[str]:
+        """A local broker of this stack: its identities come from this stack's cluster issuer."""
+        return [sys.executable, "-m", "dropgate_local.router", "--port", str(port), "--manifests", str(manifests),
+                "--services", json.dumps(services), "--dead-letter", str(dead_letter),
+                "--cluster-issuer", cluster_issuer_url(HOST, self.ports.dev_oidc), "--data-dir", str(self.data_dir),
+                "--token-dir", str(self.data_dir / "tokens"),
+                "--uploads-bucket", uploads_bucket, "--quarantine-bucket", quarantine_bucket]
+
+    def operator_token_file(self) -> Path:
+        """A broker token for the operator account (what `kubectl create token dropgate-operator` gives)."""
+        from dropgate_local.ops import operator_token_file
+
+        return operator_token_file(self.data_dir, self.ports.dev_oidc)
 
     def start_router(self) -> None:
         """The local Broker: routes by the very Triggers and PingSource of manifests/overlays/dev."""
-        child = self._start("router", [
-            sys.executable, "-m", "dropgate_local.router", "--port", str(self.ports.router),
-            "--manifests", str(SOURCE_DIR / "manifests" / "overlays" / "dev"),
-            "--services", json.dumps(self.knative_services()),
-            "--dead-letter", str(self.logs_dir / "dead-letter.jsonl"),
-            "--uploads-bucket", UPLOADS_BUCKET, "--quarantine-bucket", QUARANTINE_BUCKET])
+        child = self._start("router", self.router_command(self.ports.router, services=self.knative_services(),
+                                                          dead_letter=self.logs_dir / "dead-letter.jsonl"))
         child.wait_until(lambda: http_ok(f"http://{HOST}:{self.ports.router}/healthz"), timeout=30)
 
     def start_storage(self, *, webhook: bool = True) -> None:
@@ -218,6 +273,9 @@ class LocalStack:
             "DROPGATE_OIDC_AUDIENCE": DEV_AUDIENCE,
             "DROPGATE_OIDC_JWKS_URL": jwks_url(HOST, self.ports.dev_oidc),
             "DROPGATE_WEBHOOK_TOKEN": self.secrets.webhook_token,
+            # Event senders' tokens come from the local cluster issuer (the Kubernetes one in production).
+            "DROPGATE_EVENT_OIDC_ISSUER": cluster_issuer_url(HOST, self.ports.dev_oidc),
+            "DROPGATE_EVENT_OIDC_JWKS_URL": cluster_jwks_url(HOST, self.ports.dev_oidc),
             "K_SINK": f"http://{HOST}:{self.ports.router}/",
         }
         if self.database_url:
@@ -228,7 +286,8 @@ class LocalStack:
                        label: str | None = None) -> ChildProcess:
         """One function as its own functions-framework process; tests pass other settings and a port of their own."""
         port = port or self.ports.functions[name]
-        env = {**os.environ, **self.function_env(), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.function_env(), **self.identity_env(name), **(extra_env or {}),
+               "PYTHONUNBUFFERED": "1"}
         source = str(SOURCE_DIR / "functions" / name / "main.py")
         tls = tls_files(env) if name in TLS_FUNCTIONS else None
         if tls:
@@ -242,6 +301,19 @@ class LocalStack:
         health = f"{'https' if tls else 'http'}://{HOST}:{port}/healthz"
         child.wait_until(lambda: _answers_http(health), timeout=60)
         return child
+
+    def identity_env(self, name: str) -> dict[str, str]:
+        """The manifests' event audience and senders of function `name`, and where its sink token is."""
+        identity = self.identities().get(service_name(name))
+        env: dict[str, str] = {}
+        if identity is not None and identity.audience:
+            self.start_dev_oidc()  # the receiver fetches the cluster issuer's keys from it
+            env["DROPGATE_EVENT_AUDIENCE"] = identity.audience
+            env["DROPGATE_EVENT_SENDERS"] = identity.senders or ""
+        token = self.sink_token_file(name)
+        if token is not None:
+            env["DROPGATE_SINK_TOKEN_FILE"] = str(token)
+        return env
 
     def start_web(self, *, presign_url: str | None = None) -> None:
         """The uploader page (local-dev/web, built by bootstrap) and its /config.json; see docs/uploader.md."""
@@ -291,6 +363,20 @@ class LocalStack:
         if self.postgres is not None and not self.keep_postgres_running:
             self.postgres.server.cleanup()
             self.postgres = None
+
+
+def service_name(function: str) -> str:
+    """`storage_events` -> `dropgate-storage-events`, the Knative Service's name."""
+    return "dropgate-" + function.replace("_", "-")
+
+
+def write_token(path: Path, token: str) -> None:
+    """Replace the file at once (a reader never sees half a token), readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(token)
+    partial.chmod(0o600)
+    partial.replace(path)
 
 
 def tls_files(env) -> tuple[str, str] | None:  # noqa: ANN001 - any mapping

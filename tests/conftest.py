@@ -29,11 +29,35 @@ def clean_environ() -> Iterator[None]:
     os.environ.update(saved)
 
 
+class _Session:
+    stack: LocalStack | None = None
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     local = LocalStack(tmp_path_factory.mktemp("dropgate-stack"), StackPorts.allocate())
+    _Session.stack = local
     yield local
     local.stop()
+
+
+def as_storage_adapter(stack: LocalStack | None = None) -> dict[str, str]:
+    """The Authorization header storage_events posts to the broker with: its SinkBinding's token."""
+    from dropgate_local.identity import broker_audience, sink_binding_subject
+
+    issuer_stack = stack or _Session.stack
+    assert issuer_stack is not None, "as_storage_adapter needs the session stack (or the test's own)"
+    token = issuer_stack.cluster_issuer.mint(sink_binding_subject("dropgate", "dropgate-storage-events-sink"),
+                                            broker_audience("dropgate", "dropgate"))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def as_broker(function: str, stack: LocalStack | None = None) -> dict[str, str]:
+    """The Authorization header of the broker's delivery to `function` (its Trigger's token, for its
+    audience: Knative's authentication-oidc), minted by the issuer of the stack that runs it."""
+    issuer_stack = stack or _Session.stack
+    assert issuer_stack is not None, "as_broker needs the session stack (or the test's own)"
+    return {"Authorization": f"Bearer {issuer_stack.event_token(function)}"}
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ from shared.platform.migrate import apply_migrations
 from shared.platform.settings import DatabaseSettings, StorageSettings
 from shared.platform.storage import create_s3_client, set_up_buckets
 from shared.retention.expiry import RetentionBounds, RetentionJob, RetentionSummary
+from tests.conftest import as_broker
 
 MIB = 1024 * 1024
 PING_SOURCE = "/apis/v1/namespaces/dropgate/pingsources/dropgate-expire"
@@ -592,7 +593,7 @@ def start_expire(stack, env: dict[str, str], label: str) -> tuple[ChildProcess, 
 def ping(url: str, *, task: str | None = "expire", timeout: float = 300) -> Reply:
     event = Ping(id=uuid.uuid4().hex, source=PING_SOURCE, time=datetime.now(UTC), task=task).to_cloudevent()
     headers, body = to_binary(event)
-    return call("POST", url, data=body, headers=headers, timeout=timeout)
+    return call("POST", url, data=body, headers={**headers, **as_broker("expire")}, timeout=timeout)
 
 
 def past(days: float) -> datetime:
@@ -632,13 +633,14 @@ def test_function_refuses_what_is_not_its_ping(stack, database_url, world, sink_
         storage_event = ObjectCreated(id="e-1", event_name="ObjectCreated:Put", event_source="minio:s3", region="",
                                       bucket=world.storage.uploads_bucket, key="k", time=datetime.now(UTC), size=1)
         headers, body = to_binary(storage_event.to_cloudevent())
-        wrong_type = call("POST", url, data=body, headers=headers)
+        wrong_type = call("POST", url, data=body, headers={**headers, **as_broker("expire")})
         assert wrong_type.status == 400 and "dev.knative.sources.ping" in wrong_type.json()["detail"]
-        malformed = call("POST", url, data=b"{not json", headers={"Content-Type": "application/json"})
+        malformed = call("POST", url, data=b"{not json", headers={"Content-Type": "application/json",
+                                                                   **as_broker("expire")})
         assert malformed.status == 400
         assert ping(url, task="scan").status == 400
         headers, body = to_binary(Ping(id="p", source="/not/a/pingsource", time=datetime.now(UTC)).to_cloudevent())
-        assert call("POST", url, data=body, headers=headers).status == 400
+        assert call("POST", url, data=body, headers={**headers, **as_broker("expire")}).status == 400
         assert call("GET", url).status == 405
         with world.connect() as conn:
             assert conn.execute("SELECT count(*) AS n FROM retention_cursors").fetchone()["n"] == 0  # no pass ran

@@ -48,6 +48,7 @@ SECRET_CONTRACT = {
     "dropgate-s3": {"access-key", "secret-key"},
     "dropgate-database": {"DATABASE_URL"},
     "dropgate-webhook": {"token"},
+    "dropgate-metrics": {"token"},
     "dropgate-minio-admin": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
 }
 # DeliverySpec fields behind Knative Eventing feature flags (delivery-timeout: beta, on by default;
@@ -62,6 +63,7 @@ KNATIVE_CRDS = {
     ("sources.knative.dev", "SinkBinding"): "eventing-sinkbindings.yaml",
     ("sources.knative.dev", "ContainerSource"): "eventing-containersource.yaml",
     ("sinks.knative.dev", "JobSink"): "eventing-jobsink.yaml",
+    ("eventing.knative.dev", "EventPolicy"): "eventing-eventpolicy.yaml",
 }
 
 
@@ -268,7 +270,7 @@ def test_knative_objects_match_their_crd_schemas(name: str) -> None:
     docs = render(name)
     knative = [d for d in docs if is_knative(d)]
     assert {d["kind"] for d in knative} >= {"Service", "Broker", "Trigger", "PingSource", "SinkBinding",
-                                            "EventType", "JobSink"}
+                                            "EventType", "JobSink", "EventPolicy"}
     errors = [e for d in knative for e in crd_errors(d)]
     assert not errors, "\n".join(errors)
 

@@ -20,6 +20,7 @@ from events.types import (
 )
 from shared.platform.delivery import to_http
 from shared.uploads.storage_facts import is_newer
+from tests.conftest import as_broker
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -62,7 +63,7 @@ def removed(key, sequencer="0100", *, bucket="dropgate-uploads", when=T0) -> Obj
 
 def deliver(url, event: StorageObjectEvent):
     headers, body = to_http(event.to_cloudevent())
-    return call("POST", url, data=body, headers=headers)
+    return call("POST", url, data=body, headers={**headers, **as_broker("metadata")})
 
 
 def upload_row(db, upload_id):
@@ -183,7 +184,7 @@ def test_an_event_that_is_not_a_storage_event_is_refused_with_400(metadata):
     event = created("k").to_cloudevent()
     headers, body = to_http(event)
     headers["ce-type"] = "dev.dropgate.scan.clean"
-    reply = call("POST", metadata, data=body, headers=headers)
+    reply = call("POST", metadata, data=body, headers={**headers, **as_broker("metadata")})
     assert reply.status == 400
     assert "type 'dev.dropgate.scan.clean' is not one of" in reply.json()["detail"]
 

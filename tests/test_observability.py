@@ -82,7 +82,7 @@ def test_log_lines_name_the_trace_the_bound_ids_and_never_a_signature(caplog) ->
 def test_metrics_route_on_both_app_kinds_and_its_optional_token() -> None:
     app = flask.Flask(__name__)
     http_app = HttpApp([Route("GET", "/x", lambda request: json_response(200, {}))], health_checks={})
-    event_app = CloudEventApp(lambda event: None, health_checks={})
+    event_app = CloudEventApp(lambda event: None, health_checks={}, senders=lambda authorization: "test-sender")
     try:
         for handler in (http_app, event_app):
             with app.test_request_context("/metrics", method="GET"):

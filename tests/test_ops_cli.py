@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import urllib.request
 import uuid
@@ -15,7 +14,6 @@ import pytest
 from dropgate_local.cli import main
 from dropgate_local.client import call
 from dropgate_local.processes import free_port, http_ok
-from dropgate_local.stack import SOURCE_DIR
 from events.types import ObjectCreated
 from shared.platform.delivery import EventSink
 from tests.conftest import EICAR
@@ -121,15 +119,16 @@ def test_rescan_refuses_what_must_stay_in_quarantine(running_functions, dev_toke
 
 
 def test_a_dead_lettered_event_replayed_by_the_cli_reaches_its_function(stack, running_functions, database_url,
-                                                                        tmp_path, capsys) -> None:
+                                                                        tmp_path, capsys, monkeypatch) -> None:
     """A broker whose metadata subscriber is down dead-letters an event; once it is up, the CLI replays it."""
     bucket, metadata_port, router_port = "ops-replay-uploads", free_port(), free_port()
     dead_letters = tmp_path / "dead-letter.jsonl"
-    router = stack._start("router-replay", [
-        sys.executable, "-m", "dropgate_local.router", "--port", str(router_port),
-        "--manifests", str(SOURCE_DIR / "manifests" / "overlays" / "dev"),
-        "--services", json.dumps({"dropgate-metadata": f"http://127.0.0.1:{metadata_port}"}),
-        "--dead-letter", str(dead_letters), "--uploads-bucket", bucket, "--quarantine-bucket", f"{bucket}-q"])
+    router = stack._start("router-replay", stack.router_command(
+        router_port, services={"dropgate-metadata": f"http://127.0.0.1:{metadata_port}"}, dead_letter=dead_letters,
+        uploads_bucket=bucket, quarantine_bucket=f"{bucket}-q"))
+    # The operator's token for the broker, as `kubectl create token dropgate-operator ...` writes it.
+    operator_token = str(stack.operator_token_file())
+    monkeypatch.setenv("DROPGATE_SINK_TOKEN_FILE", operator_token)
     metadata = None
     try:
         router.wait_until(lambda: http_ok(f"http://127.0.0.1:{router_port}/healthz"), timeout=30)
@@ -139,7 +138,7 @@ def test_a_dead_lettered_event_replayed_by_the_cli_reaches_its_function(stack, r
                               event_source="minio:s3", region="", bucket=bucket, key=f"replay/{uuid.uuid4()}",
                               time=datetime.now(UTC), size=3, etag="abc", sequencer="1A",
                               traceparent=trace).to_cloudevent()
-        EventSink(broker).send(event)
+        EventSink(broker, token_file=operator_token).send(event)
         wait_until(lambda: dead_letters.exists() and event["id"].encode() in dead_letters.read_bytes(),
                    what="the dead letter")  # nothing listens on metadata's port: retries, then the dead letter
 

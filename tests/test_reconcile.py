@@ -15,8 +15,6 @@ nobody about these objects. Two kinds of test:
 from __future__ import annotations
 
 import hashlib
-import json
-import sys
 import threading
 import time
 import uuid
@@ -66,6 +64,7 @@ from shared.retention.reconcile import (
 )
 from shared.scanning.service import ObjectScanner
 from shared.uploads.model import UploadRow, UploadStatus
+from tests.conftest import as_broker, as_storage_adapter
 from tests.test_expire import Clock
 from tests.test_pipeline import upload, wait_for_status
 
@@ -167,15 +166,16 @@ def storage_notification(bucket: str, key: str, size: int, etag: str | None) -> 
                          size=size, etag=etag, sequencer=f"{time.time_ns():X}")
 
 
-def deliver(url: str, event: ObjectCreated, timeout: float = 300) -> Reply:
+def deliver(url: str, event: ObjectCreated, timeout: float = 300, function: str = "scan") -> Reply:
+    """As the broker delivers to `function` (with its Trigger's token)."""
     headers, body = to_binary(event.to_cloudevent())
-    return call("POST", url, data=body, headers=headers, timeout=timeout)
+    return call("POST", url, data=body, headers={**headers, **as_broker(function)}, timeout=timeout)
 
 
 def ping(url: str, *, task: str | None = "reconcile") -> Reply:
     event = Ping(id=uuid.uuid4().hex, source=RECONCILE_PING_SOURCE, time=datetime.now(UTC), task=task).to_cloudevent()
     headers, body = to_binary(event)
-    return call("POST", url, data=body, headers=headers, timeout=300)
+    return call("POST", url, data=body, headers={**headers, **as_broker("reconcile")}, timeout=300)
 
 
 def wait_until(condition, what: str, timeout: float = 120, every: float = 0.2):  # noqa: ANN001, ANN201
@@ -271,11 +271,10 @@ def pipeline(stack, running_functions, database_url, storage, s3, tmp_path_facto
         manifests = broker_manifests(tmp_path_factory.mktemp("reconcile-broker"))
         services = {"dropgate-scan": url["scan"], "dropgate-metadata": url["metadata"],
                     "dropgate-reconcile": url["reconcile"]}
-        router = ChildProcess(f"rc-router-{tag}", [
-            sys.executable, "-m", "dropgate_local.router", "--port", str(ports["router"]),
-            "--manifests", str(manifests), "--services", json.dumps(services),
-            "--dead-letter", str(stack.logs_dir / f"rc-dead-letter-{tag}.jsonl"),
-            "--uploads-bucket", buckets.uploads_bucket, "--quarantine-bucket", buckets.quarantine_bucket],
+        router = ChildProcess(f"rc-router-{tag}", stack.router_command(
+            ports["router"], manifests=manifests, services=services,
+            dead_letter=stack.logs_dir / f"rc-dead-letter-{tag}.jsonl",
+            uploads_bucket=buckets.uploads_bucket, quarantine_bucket=buckets.quarantine_bucket),
             stack.logs_dir / f"rc-router-{tag}.log").start()
         children["router"] = router
         router.wait_until(lambda: http_ok(f"{url['router']}/healthz"), timeout=60)
@@ -338,7 +337,7 @@ def test_an_upload_completed_while_notifications_are_lost_reaches_a_verdict_afte
     # Storage's notification turns up after all: a harmless duplicate, answered with the verdict.
     late = storage_notification(p.storage.uploads_bucket, record["key"], final["size"], row["etag"])
     headers, body = to_http(late.to_cloudevent())
-    assert call("POST", p.router + "/", data=body, headers=headers).status == 202
+    assert call("POST", p.router + "/", data=body, headers={**headers, **as_storage_adapter()}).status == 202
     wait_until(lambda: [d["outcome"] for d in p.deliveries(late.id, "dropgate-scan")] == ["delivered"],
                "the late notification's delivery to scan")
     assert len(actions(p.database_url, record["id"], "scan.verdict")) == 1
@@ -468,7 +467,7 @@ def test_the_same_file_gets_one_verdict_when_the_sweep_and_the_notification_both
     assert p.sweep()["redriven"] == 1
     late = storage_notification(p.storage.uploads_bucket, record["key"], row["declared_size"], row["etag"])
     headers, body = to_http(late.to_cloudevent())
-    assert call("POST", p.router + "/", data=body, headers=headers).status == 202
+    assert call("POST", p.router + "/", data=body, headers={**headers, **as_storage_adapter()}).status == 202
     assert wait_for_status(p.presign, token, record["id"], FINAL)["status"] == "clean"
     redrive_id = object_created_id(p.storage.uploads_bucket, record["key"], row["etag"])
     for event_id in (redrive_id, late.id):  # both reached scan, and both were answered with the one verdict
@@ -482,7 +481,7 @@ def test_the_function_refuses_what_is_not_its_ping(pipeline) -> None:
     assert ping(pipeline.reconcile, task="expire").status == 400
     assert ping(pipeline.reconcile, task=None).status == 200  # a PingSource without data: a tick too
     other = storage_notification(pipeline.storage.uploads_bucket, "uploads/x", 1, None)
-    assert deliver(pipeline.reconcile, other).status == 400
+    assert deliver(pipeline.reconcile, other, function="reconcile").status == 400
 
 
 # ---------------------------------------------------------------- in-process passes, a clock the test moves

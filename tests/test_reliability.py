@@ -51,7 +51,7 @@ from dropgate_local.client import Reply, b64sha, call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.stack import FUNCTIONS, LocalStack, StackPorts
 from shared.platform.storage import create_s3_client
-from tests.conftest import EICAR
+from tests.conftest import EICAR, as_broker
 from tests.test_presign import payload
 
 MIB = 1024 * 1024
@@ -150,7 +150,9 @@ class EventTap:
         return f"http://127.0.0.1:{self._server.server_address[1]}/"
 
     def _forward(self, tapped: Tapped) -> tuple[int, bytes]:
-        headers = {k: v for k, v in tapped.headers.items() if k.startswith("ce-") or k == "content-type"}
+        # A transparent hop: the sender's token goes on to the ingress, which checks it.
+        headers = {k: v for k, v in tapped.headers.items()
+                   if k.startswith("ce-") or k in ("content-type", "authorization")}
         try:
             reply = call("POST", self.target, data=tapped.body, headers=headers, timeout=30)
         except OSError as exc:
@@ -231,7 +233,8 @@ class Rig:
 
     def replay(self) -> list[ops.Replayed]:
         """What the operator runs once the fault is fixed: `dropgate-dev replay-dead-letters`."""
-        return ops.replay_dead_letters(self.dead_letter_file, self.router + "/")
+        token = ops.operator_token_file(self.stack.data_dir, self.stack.ports.dev_oidc)
+        return ops.replay_dead_letters(self.dead_letter_file, self.router + "/", token_file=str(token))
 
     def settle_router(self, timeout: float = 120) -> None:
         """Until no delivery the router has in hand is pending any more."""
@@ -719,7 +722,7 @@ def test_the_same_events_three_times_and_out_of_order(rig) -> None:
         (completion,) = distinct(rig.tap.events_for(uploaded.key))
         assert completion.type.endswith("ObjectCreated:CompleteMultipartUpload")
         with ThreadPoolExecutor(max_workers=3) as pool:
-            scan_answers = list(pool.map(lambda t: post_event(rig.url("scan"), t), [completion] * 3))
+            scan_answers = list(pool.map(lambda t: post_event(rig, "scan", t), [completion] * 3))
         assert [a.status for a in scan_answers] == [200] * 3, [a.body for a in scan_answers]
         assert len({a.header("ce-id") for a in scan_answers}) == 1
         assert scan_answers[0].header("ce-type") == "dev.dropgate.scan.infected"
@@ -727,12 +730,12 @@ def test_the_same_events_three_times_and_out_of_order(rig) -> None:
         rig.wait_for(lambda: len(distinct(rig.tap.events_for(uploaded.key))) >= 3, "the quarantine move's events")
         events = distinct(rig.tap.events_for(uploaded.key))
         for tapped in reversed(events):  # the removal first, the creation last
-            assert post_event(rig.url("metadata"), tapped).status in (200, 204)
+            assert post_event(rig, "metadata", tapped).status in (200, 204)
         shuffled = events * 2
         random.Random(7).shuffle(shuffled)
         with ThreadPoolExecutor(max_workers=6) as pool:
-            answers = list(pool.map(lambda t: post_event(rig.url("metadata"), t), shuffled))
-            answers += list(pool.map(lambda t: post_event(rig.url("scan"), t), [completion] * 2))
+            answers = list(pool.map(lambda t: post_event(rig, "metadata", t), shuffled))
+            answers += list(pool.map(lambda t: post_event(rig, "scan", t), [completion] * 2))
         assert all(a.status in (200, 204) for a in answers), [(a.status, a.body[:100]) for a in answers]
         first_pass = metadata_state(rig, uploaded)
     # Released: the broker now delivers each of them once more (and storage's own retries, if any).
@@ -754,9 +757,11 @@ def distinct(tapped: list[Tapped]) -> list[Tapped]:
     return list(seen.values())
 
 
-def post_event(url: str, tapped: Tapped) -> Reply:
+def post_event(rig: Rig, function: str, tapped: Tapped) -> Reply:
+    """Deliver a tapped event to `function` as the broker would (with its Trigger's token)."""
     headers = {k: v for k, v in tapped.headers.items() if k.startswith("ce-") or k == "content-type"}
-    return call("POST", url, data=tapped.body, headers=headers, timeout=120)
+    return call("POST", rig.url(function), data=tapped.body, headers={**headers, **as_broker(function, rig.stack)},
+                timeout=120)
 
 
 def metadata_state(rig: Rig, uploaded: Uploaded) -> dict:

@@ -25,7 +25,7 @@ from events.types import ScanVerdict
 from shared.platform.clamd import StreamingClamd
 from shared.scanning.rescan import request_rescans
 from tests import evasions
-from tests.conftest import EICAR, UNWATCHED_ENV
+from tests.conftest import EICAR, UNWATCHED_ENV, as_broker
 from tests.test_ops_cli import audit_actions, run_cli, wait_until
 from tests.test_pipeline import router_events
 from tests.test_scanning import (  # noqa: F401 - fixtures
@@ -96,7 +96,7 @@ def rescan_scan_url(stack, database_url, unwatched, own_clamd) -> str:
 
 def deliver(url: str, event):  # noqa: ANN001, ANN201
     headers, body = to_binary(event)
-    return call("POST", url, data=body, headers=headers, timeout=600)
+    return call("POST", url, data=body, headers={**headers, **as_broker("scan")}, timeout=600)
 
 
 def test_a_file_clean_under_version_n_is_infected_after_an_update(unwatched, pool, s3, database_url,  # noqa: F811

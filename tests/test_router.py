@@ -24,6 +24,12 @@ from cloudevents.http import CloudEvent, from_http
 from pytest_localserver.http import WSGIServer
 from werkzeug.wrappers import Request
 
+from dropgate_local.identity import (
+    ClusterIssuer,
+    broker_audience,
+    subject,
+    trigger_subject,
+)
 from dropgate_local.processes import ChildProcess, free_port, http_ok
 from dropgate_local.router import load_manifests
 from dropgate_local.routing import (
@@ -330,14 +336,22 @@ def subscribers() -> Iterator[dict[str, tuple[Subscriber, WSGIServer]]]:
         server.stop()
 
 
-def _start_router(tmp: Path, manifests: Path, services: dict[str, str],
-                  name: str = "router") -> tuple[ChildProcess, str]:
+# Router URL -> (its cluster issuer, a sender its broker admits, the broker's audience): _post signs with it.
+_SENDERS: dict[str, tuple[ClusterIssuer, str, str]] = {}
+CLUSTER_ISSUER = "http://127.0.0.1:1/cluster"  # the router mints and verifies with the key itself
+
+
+def _start_router(tmp: Path, manifests: Path, services: dict[str, str], name: str = "router", *,
+                  namespace: str = "dropgate", broker: str = "dropgate") -> tuple[ChildProcess, str]:
     port = free_port()
     child = ChildProcess(name, [sys.executable, "-m", "dropgate_local.router", "--port", str(port),
                                 "--manifests", str(manifests), "--services", json.dumps(services),
-                                "--dead-letter", str(tmp / "dead-letter.jsonl")],
+                                "--dead-letter", str(tmp / "dead-letter.jsonl"),
+                                "--cluster-issuer", CLUSTER_ISSUER, "--data-dir", str(tmp)],
                          tmp / f"{name}.log").start()
     url = f"http://127.0.0.1:{port}"
+    _SENDERS[url] = (ClusterIssuer(tmp, CLUSTER_ISSUER), subject(namespace, "dropgate-operator"),
+                     broker_audience(namespace, broker))
     try:
         child.wait_until(lambda: http_ok(f"{url}/healthz"), timeout=60)
     except Exception:
@@ -352,12 +366,17 @@ def router(subscribers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     tmp = tmp_path_factory.mktemp("router")
     services = {name: server.url for name, (_, server) in subscribers.items()}
     child, url = _start_router(tmp, DEV_OVERLAY, services)
-    yield {"url": url, "dead_letter": tmp / "dead-letter.jsonl", "services": services,
+    yield {"url": url, "dead_letter": tmp / "dead-letter.jsonl", "services": services, "tmp": tmp,
            "apps": {name: app for name, (app, _) in subscribers.items()}, "child": child}
     child.stop()
 
 
-def _post(url: str, headers: dict[str, str], body: bytes | None) -> tuple[int, dict]:
+def _post(url: str, headers: dict[str, str], body: bytes | None, *, signed: bool = True) -> tuple[int, dict]:
+    """POST to a router, by default with a token of a sender its broker admits (as a real sender has)."""
+    router = next((r for r in _SENDERS if url.startswith(r)), None)
+    if signed and router is not None and "Authorization" not in headers:
+        issuer, sender, audience = _SENDERS[router]
+        headers = {**headers, "Authorization": f"Bearer {issuer.mint(sender, audience)}"}
     request = urllib.request.Request(url, data=body or b"", headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
@@ -601,7 +620,8 @@ def test_routing_comes_from_the_manifests_given(tmp_path: Path, subscribers) -> 
     ]
     (tmp_path / "m" / "objects.yaml").write_text(yaml.safe_dump_all(docs))
     services = {"dropgate-metadata": subscribers["dropgate-metadata"][1].url, "closed": closed}
-    child, url = _start_router(tmp_path, tmp_path / "m", services, name="router-custom")
+    child, url = _start_router(tmp_path, tmp_path / "m", services, name="router-custom", namespace="default",
+                               broker="test")
     try:
         linear = str(uuid.uuid4())
         apps["dropgate-metadata"].plans[linear] = _answer(500, 500, 204)
@@ -628,3 +648,35 @@ def test_routing_comes_from_the_manifests_given(tmp_path: Path, subscribers) -> 
         assert _settled(url, unrouted)["deliveries"] == [], "the dev Triggers are not loaded here"
     finally:
         child.stop()
+
+
+# ---------------------------------------------------------------- identity, as Knative's authentication-oidc
+
+def test_the_ingress_takes_only_authenticated_senders_its_policy_allows(router) -> None:
+    issuer, _, audience = _SENDERS[router["url"]]
+    event = CloudEvent({"id": str(uuid.uuid4()), "type": "t", "source": "s"}, None)
+    headers, body = to_binary(event)
+    assert _post(router["url"] + "/", dict(headers), body, signed=False)[0] == 401
+    expired = issuer.mint(subject("dropgate", "dropgate-operator"), audience, ttl_seconds=-3600)
+    assert _post(router["url"] + "/", {**headers, "Authorization": f"Bearer {expired}"}, body)[0] == 401
+    other_audience = issuer.mint(subject("dropgate", "dropgate-operator"), "dropgate-scan")
+    assert _post(router["url"] + "/", {**headers, "Authorization": f"Bearer {other_audience}"}, body)[0] == 401
+    # Same namespace, valid token, but not in the dev overlay's EventPolicy: refused (no allow-same-namespace).
+    stranger = issuer.mint(subject("dropgate", "default"), audience)
+    status, answer = _post(router["url"] + "/", {**headers, "Authorization": f"Bearer {stranger}"}, body)
+    assert status == 403 and "EventPolicy" in answer["detail"]
+    assert _record(router["url"], event["id"]) is None  # never accepted
+    assert _post(router["url"] + "/", dict(headers), body)[0] == 202
+
+
+def test_deliveries_carry_the_triggers_token_for_the_subscribers_audience(router) -> None:
+    import jwt
+
+    issuer, _, _ = _SENDERS[router["url"]]
+    event_id = _storage_event(router["url"], "ObjectCreated:Put", UPLOADS)
+    _settled(router["url"], event_id)
+    (delivery,) = router["apps"]["dropgate-scan"].received(event_id)
+    token = delivery["headers"]["authorization"].removeprefix("Bearer ")
+    claims = jwt.decode(token, issuer.key.private_key.public_key(), algorithms=["RS256"], audience="dropgate-scan",
+                        issuer=CLUSTER_ISSUER)
+    assert claims["sub"] == trigger_subject("dropgate", "dropgate-scan-put")

@@ -18,7 +18,7 @@ from dropgate_local.client import call
 from dropgate_local.processes import PeakRss, free_port, serving_worker
 from events.types import ObjectCreated, ScanVerdict
 from shared.platform.storage import create_s3_client
-from tests.conftest import EICAR, UNWATCHED_ENV
+from tests.conftest import EICAR, UNWATCHED_ENV, as_broker
 from tests.test_scanning import stage, upload_row
 
 MIB = 1024 * 1024
@@ -44,7 +44,7 @@ def created_event(unwatched, key: str, size: int, event_id: str | None = None) -
 
 def deliver(url: str, event: ObjectCreated):  # noqa: ANN201 - tests.http.Reply
     headers, body = to_binary(event.to_cloudevent())
-    return call("POST", url, data=body, headers=headers, timeout=600)
+    return call("POST", url, data=body, headers={**headers, **as_broker("scan")}, timeout=600)
 
 
 def reply_event(reply) -> ScanVerdict:  # noqa: ANN001
@@ -111,7 +111,8 @@ def test_events_of_other_buckets_and_bad_events(scan_url, unwatched) -> None:
     assert deliver(scan_url, foreign).status == 204
     bad = call("POST", scan_url, data=b"{}", headers={"ce-id": "1", "ce-source": "s", "ce-specversion": "1.0",
                                                       "ce-type": "com.amazonaws.s3.ObjectCreated:Put",
-                                                      "Content-Type": "application/json"})
+                                                      "Content-Type": "application/json",
+                                                      **as_broker("scan")})
     assert bad.status == 400 and "data.bucket" in bad.json()["detail"]
 
 

@@ -35,6 +35,7 @@ from dropgate_local.client import DropgateClient, Reply, b64sha, call
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from shared.platform.storage import create_s3_client, set_up_buckets
+from tests.conftest import as_broker
 from tests.test_presign import idp, payload, presign_env  # noqa: F401 - idp is a fixture
 
 MIB = 1024 * 1024
@@ -505,7 +506,7 @@ def test_malformed_cloudevents_are_4xx_with_a_reason_and_leave_nothing(running_f
         ids.append(event_id)
         cases[name] = {**malformed_events(event_id), **wrong_type_events(function, event_id)}[name]
     for name, (headers, body) in cases.items():
-        reply = call("POST", running_functions[function], data=body, headers=headers)
+        reply = call("POST", running_functions[function], data=body, headers={**headers, **as_broker(function)})
         refused[name] = reply.status
         assert 400 <= reply.status < 500, (function, name, reply.status, reply.body[:300])
         assert reply.json()["detail"], (function, name)

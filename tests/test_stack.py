@@ -62,7 +62,8 @@ def test_scan_health_turns_unavailable_when_clamd_is_unreachable(stack, running_
     from dropgate_local.processes import ChildProcess, free_port
 
     port = free_port()
-    env = {**os.environ, **stack.function_env(), "DROPGATE_CLAMD_ADDRESS": f"127.0.0.1:{free_port()}"}
+    env = {**os.environ, **stack.function_env(), **stack.identity_env("scan"),
+           "DROPGATE_CLAMD_ADDRESS": f"127.0.0.1:{free_port()}"}
     child = ChildProcess("scan-no-clamd", [sys.executable, "-m", "functions_framework", "--source",
                                            str(SOURCE_DIR / "functions/scan/main.py"), "--target", "handle",
                                            "--host", "127.0.0.1", "--port", str(port)],
@@ -100,6 +101,9 @@ def test_the_broker_accepts_a_cloudevent(stack, running_functions):
     request = urllib.request.Request(
         f"http://127.0.0.1:{stack.ports.router}/", data=b"{}", method="POST",
         headers={"ce-specversion": "1.0", "ce-id": "x", "ce-type": "t", "ce-source": "s",
-                 "content-type": "application/json"})
+                 "content-type": "application/json",
+                 # as the operator account the broker's EventPolicy allows (dropgate-dev mints the same)
+                 "Authorization": "Bearer " + stack.cluster_issuer.mint(
+                     "system:serviceaccount:dropgate:dropgate-operator", "eventing.knative.dev/broker/dropgate/dropgate")})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 202

@@ -16,15 +16,19 @@ from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jwt
 import psycopg
 import pytest
 from cloudevents.http import CloudEvent, from_http
 
 from dropgate_local.client import call
+from dropgate_local.identity import broker_audience, sink_binding_subject
 from dropgate_local.processes import free_port
 from dropgate_local.stack import LocalStack, StackPorts
 from events.types import StorageObjectEvent
 from shared.platform import tracing
+from shared.platform.auth import bearer_token
+from tests.conftest import as_broker
 from tests.events import as_plain, load_expected, load_input
 
 WAIT_SECONDS = 45
@@ -91,6 +95,7 @@ class CaptureSink:
 
     def _forward(self, captured: Captured) -> tuple[int, dict[str, str], bytes]:
         headers = {k: v for k, v in captured.headers.items() if k.startswith("ce-") or k == "content-type"}
+        headers.update(self.forward_headers())  # as the broker: with the Trigger's token
         reply = call("POST", self.forward_to, data=captured.body, headers=headers, timeout=30)
         return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.body
 
@@ -297,9 +302,11 @@ def e2e(tmp_path_factory, database_url):
     sink = CaptureSink().start()
     local = LocalStack(tmp_path_factory.mktemp("events-e2e"), StackPorts.allocate())
     try:
+        local.start_dev_oidc()  # the issuer of event senders' tokens, as the API server is on a cluster
         local.start_function("storage_events", extra_env={"K_SINK": sink.url})
         local.start_function("metadata", extra_env={"DATABASE_URL": database_url})
         sink.forward_to = local.ports.function_url("metadata")
+        sink.forward_headers = lambda: as_broker("metadata", local)
         local.start_storage()
         yield EndToEnd(local, sink, database_url, create_s3_client(local.storage_settings()))
     finally:
@@ -319,6 +326,10 @@ def test_a_put_into_seaweedfs_reaches_the_sink_and_the_metadata_row(e2e):
     assert (event.bucket, event.size, event.etag, event.content_type) == ("dropgate-uploads", 1234, etag,
                                                                          "application/pdf")
     assert captured.headers["ce-source"] == "seaweedfs:s3..dropgate-uploads"
+    # storage_events presents its SinkBinding's token, for the broker's audience (Knative's /oidc/token).
+    claims = jwt.decode(bearer_token(captured.headers.get("authorization")), options={"verify_signature": False})
+    assert (claims["aud"], claims["sub"]) == (broker_audience("dropgate", "dropgate"),
+                                              sink_binding_subject("dropgate", "dropgate-storage-events-sink"))
     assert captured.reply[0] == 200 and captured.reply[1]["ce-type"] == "dev.dropgate.metadata.recorded"
     assert captured.reply[1]["ce-subject"] == str(upload_id)
 

@@ -56,13 +56,42 @@ def test_errors_are_json_with_a_reason(method, path, kwargs, status, error):
         assert headers["Retry-After"] == "7"
 
 
-def test_health_reports_each_dependency():
+def test_health_reports_each_dependency_and_logs_why(caplog):
     def broken():
-        raise ConnectionRefusedError("port closed")
+        raise ConnectionRefusedError("password=hunter2@db.internal:5432 refused")
 
-    status, _, body = call(HttpApp([], {"db": lambda: None, "s3": broken}), "GET", "/healthz")
+    with caplog.at_level("WARNING", logger="dropgate.web"):
+        status, _, body = call(HttpApp([], {"db": lambda: None, "s3": broken}), "GET", "/healthz")
     assert status == 503
-    assert json.loads(body)["checks"] == {"db": "ok", "s3": "unavailable: ConnectionRefusedError: port closed"}
+    # The caller learns which dependency is down, never the exception's text (hosts, credentials...).
+    assert json.loads(body)["checks"] == {"db": "ok", "s3": "unavailable"}
+    assert "hunter2" not in body.decode() if isinstance(body, bytes) else "hunter2" not in body
+    assert any("ConnectionRefusedError" in record.getMessage() or "ConnectionRefusedError" in str(record.__dict__)
+               for record in caplog.records)
+
+
+def any_sender(authorization: str | None) -> str:
+    """The sender check of these unit tests of the app itself; tests/test_event_auth.py checks the real one."""
+    return "test-sender"
+
+
+def test_an_unauthenticated_cloudevent_is_refused_before_it_is_read():
+    from shared.platform.errors import Forbidden, Unauthorized
+
+    seen = []
+
+    def refuse(authorization: str | None) -> str:
+        if authorization is None:
+            raise Unauthorized("no token")
+        raise Forbidden("not you")
+
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t", "ce-source": "s",
+               "content-type": "application/json"}
+    app = CloudEventApp(seen.append, {}, senders=refuse)
+    status, _, body = call(app, "POST", "/", headers=headers, data="{oops")  # malformed too: auth comes first
+    assert (status, json.loads(body)["error"]) == (401, "unauthorized")
+    status, _, _ = call(app, "POST", "/", headers={**headers, "Authorization": "Bearer x"}, data='{"k": 1}')
+    assert status == 403 and seen == []
 
 
 def test_cloudevent_in_binary_mode_reaches_the_handler_and_the_reply_goes_back_binary():
@@ -76,7 +105,7 @@ def test_cloudevent_in_binary_mode_reaches_the_handler_and_the_reply_goes_back_b
 
     headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t", "ce-source": "s",
                "content-type": "application/json"}
-    status, reply_headers, body = call(CloudEventApp(handler, {}), "POST", "/", headers=headers, data='{"k": 1}')
+    status, reply_headers, body = call(CloudEventApp(handler, {}, senders=any_sender), "POST", "/", headers=headers, data='{"k": 1}')
     assert status == 200
     assert seen[0]["id"] == "1" and seen[0].data == {"k": 1}
     assert reply_headers["ce-type"] == "reply.type"
@@ -89,6 +118,6 @@ def test_cloudevent_in_binary_mode_reaches_the_handler_and_the_reply_goes_back_b
     {"ce-specversion": "0.1", "ce-id": "1", "ce-type": "t", "ce-source": "s"},  # unknown version
 ])
 def test_malformed_cloudevents_get_400_with_a_reason(headers):
-    status, _, body = call(CloudEventApp(lambda e: None, {}), "POST", "/", headers=headers, data="{oops")
+    status, _, body = call(CloudEventApp(lambda e: None, {}, senders=any_sender), "POST", "/", headers=headers, data="{oops")
     assert status == 400
     assert json.loads(body)["detail"].startswith("malformed CloudEvent")

@@ -22,7 +22,8 @@ from shared.retention.expiry import RetentionBounds, run_retention
 
 TASK = "expire"  # the PingSource's data, {"task": "expire"}; a ping without data is a tick too
 
-instance = FunctionInstance("expire", ["storage", "database", "limits", "events", "retention", "observability"])
+instance = FunctionInstance("expire", ["storage", "database", "limits", "events", "retention", "event_auth",
+                                       "observability"])
 settings = instance.settings
 bounds = RetentionBounds(
     batch_size=settings.retention.batch_size, max_files=settings.retention.max_files,
@@ -47,7 +48,7 @@ def run_pass(event):
     return json_response(200, summary.as_dict())
 
 
-app = CloudEventApp(run_pass, health_checks=instance.health_checks())
+app = CloudEventApp(run_pass, senders=instance.event_sender, health_checks=instance.health_checks())
 
 
 @functions_framework.http

@@ -14,7 +14,7 @@ from shared.platform.http import CloudEventApp
 from shared.platform.lifecycle import FunctionInstance
 from shared.uploads.storage_facts import MetadataRecorder
 
-instance = FunctionInstance("metadata", ["database", "events", "observability"])
+instance = FunctionInstance("metadata", ["database", "events", "event_auth", "observability"])
 
 
 def recorder() -> MetadataRecorder:
@@ -29,7 +29,7 @@ def handle_event(event):
     return reply.to_cloudevent() if reply else None
 
 
-app = CloudEventApp(handle_event, health_checks=instance.health_checks())
+app = CloudEventApp(handle_event, senders=instance.event_sender, health_checks=instance.health_checks())
 
 
 @functions_framework.http

@@ -32,7 +32,7 @@ def admin_block(request):
     body = read_json(request)
     added, events = verdict_admin().block(body.get("sha256"), body.get("reason"), actor)
     if events and settings.events.sink_url:
-        sink = instance.once("admin-sink", lambda: EventSink(settings.events.sink_url))
+        sink = instance.once("admin-sink", lambda: EventSink.from_settings(settings.events))
         for event in events:
             sink.send(event.to_cloudevent())
     return json_response(201 if added else 200, {"sha256": body["sha256"].strip().lower(), "added": added,

@@ -15,7 +15,7 @@ from shared.platform.audit import Actor
 from shared.platform.auth import TOKEN_COOKIE, Principal, TokenVerifier
 from shared.platform.delivery import EventSink
 from shared.platform.errors import BadRequest
-from shared.platform.http import client_address
+from shared.platform.http import client_address, require_same_origin_json
 from shared.platform.lifecycle import FunctionInstance
 from shared.scanning.content_policy import ContentPolicy
 from shared.scanning.verdicts import VerdictAdmin
@@ -43,7 +43,7 @@ def service() -> UploadService:
 
 
 def announce_completion(event) -> None:
-    sink = instance.once("sink", lambda: EventSink(settings.events.sink_url, timeout=ANNOUNCE_TIMEOUT_SECONDS))
+    sink = instance.once("sink", lambda: EventSink.from_settings(settings.events, timeout=ANNOUNCE_TIMEOUT_SECONDS))
     sink.send(event.to_cloudevent())
 
 
@@ -54,10 +54,13 @@ def verdict_admin() -> VerdictAdmin:
 
 def caller(request: flask.Request) -> tuple[Principal, Actor]:
     """The verified user, counted against the rate limit, and how the audit log names them."""
-    principal = verifier.principal_from_request(request.headers.get("Authorization"),
-                                                request.cookies.get(TOKEN_COOKIE))
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    if cookie and not request.headers.get("Authorization"):
+        require_same_origin_json(request, settings.storage.allowed_origins)
+    principal = verifier.principal_from_request(request.headers.get("Authorization"), cookie)
     service().count_request(principal)
-    return principal, Actor(principal.subject, client_address(request), tracing.current_trace_id())
+    return principal, Actor(principal.subject, client_address(request, settings.limits.trusted_proxy_hops),
+                            tracing.current_trace_id())
 
 
 def limit_argument(request: flask.Request) -> int:

@@ -25,7 +25,8 @@ from shared.scanning.rescan import request_rescans
 TASK = "reconcile"  # the PingSource's data, {"task": "reconcile"}; a ping without data is a tick too
 
 # clamd: only its VERSION, to tell when signatures advanced (never a readiness dependency: see below).
-instance = FunctionInstance("reconcile", ["storage", "database", "clamd", "events", "reconcile", "observability"])
+instance = FunctionInstance("reconcile", ["storage", "database", "clamd", "events", "reconcile", "event_auth",
+                                          "observability"])
 settings = instance.settings
 bounds = ReconcileBounds(
     grace=timedelta(seconds=settings.reconcile.grace_seconds),
@@ -44,8 +45,8 @@ def run_pass(event):
 
 
 # Lost notifications must be re-driven even while clamd is down: clamd is not a readiness check here.
-app = CloudEventApp(run_pass, health_checks={name: check for name, check in instance.health_checks().items()
-                                             if name != "clamd"})
+app = CloudEventApp(run_pass, senders=instance.event_sender,
+                   health_checks={name: check for name, check in instance.health_checks().items() if name != "clamd"})
 
 
 @functions_framework.http

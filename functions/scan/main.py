@@ -22,7 +22,8 @@ from shared.scanning.service import (
     ScanResult,
 )
 
-instance = FunctionInstance("scan", ["storage", "database", "clamd", "content", "events", "observability"])
+instance = FunctionInstance("scan", ["storage", "database", "clamd", "content", "events", "event_auth",
+                                     "observability"])
 settings = instance.settings
 policy = ContentPolicy.from_settings(settings.content)
 
@@ -59,7 +60,7 @@ def scan_event(event):
     return None if result is None else verdict_event(result, event.get(RESCAN_EXTENSION)).to_cloudevent()
 
 
-app = CloudEventApp(scan_event, health_checks=instance.health_checks())
+app = CloudEventApp(scan_event, senders=instance.event_sender, health_checks=instance.health_checks())
 
 
 @functions_framework.http

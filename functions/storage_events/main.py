@@ -11,12 +11,11 @@ Run: functions-framework --source functions/storage_events/main.py --target hand
 import functions_framework
 
 from shared.intake.webhook import StorageWebhook
-from shared.platform.delivery import EventSink
 from shared.platform.http import HttpApp, Route
 from shared.platform.lifecycle import FunctionInstance
 
 instance = FunctionInstance("storage_events", ["events", "observability"])
-webhook = StorageWebhook(instance.settings.events, EventSink(instance.settings.events.sink_url))
+webhook = StorageWebhook(instance.settings.events, instance.sink)
 app = HttpApp(routes=[Route("POST", f"/{backend}", webhook.receiver(backend)) for backend in webhook.backends()],
               health_checks=instance.health_checks())
 

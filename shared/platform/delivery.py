@@ -18,6 +18,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Final
 
 from cloudevents.conversion import to_binary
@@ -26,6 +27,7 @@ from cloudevents.http import CloudEvent
 from shared.platform import metrics, tracing
 from shared.platform.errors import ApiError, DependencyUnavailable
 from shared.platform.logs import log_event
+from shared.platform.settings import EventSettings
 
 logger = logging.getLogger("dropgate.events.emit")
 
@@ -63,9 +65,27 @@ def to_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
 class EventSink:
     """Where an instance sends its CloudEvents; one per function instance."""
 
-    def __init__(self, url: str | None, *, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+    def __init__(self, url: str | None, *, timeout: float = DEFAULT_TIMEOUT_SECONDS, token_file: str | None = None):
         self.url = url
         self.timeout = timeout
+        self._token_file = token_file
+
+    @classmethod
+    def from_settings(cls, events: EventSettings, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> EventSink:
+        """K_SINK, with the token the sink requires (DROPGATE_SINK_TOKEN_FILE)."""
+        return cls(events.sink_url, timeout=timeout, token_file=events.sink_token_file)
+
+    def _authorization(self) -> dict[str, str]:
+        """`Authorization: Bearer` from the token file, read at each send: kubelet rewrites a projected
+        service-account token before it expires (Kubernetes refreshes it at 80% of its lifetime)."""
+        if not self._token_file:
+            return {}
+        try:
+            token = Path(self._token_file).read_text().strip()
+        except OSError as exc:
+            raise SinkNotConfigured(f"cannot read the sink token {self._token_file}: {exc.strerror}",
+                                    headers={"Retry-After": "30"}) from None
+        return {"Authorization": f"Bearer {token}"}
 
     def send(self, event: CloudEvent) -> None:
         if not self.url:
@@ -74,6 +94,7 @@ class EventSink:
         if tracing.event_traceparent(event) is None:
             event = tracing.with_traceparent(event)
         headers, body = to_http(event)
+        headers.update(self._authorization())
         transport = tracing.current_traceparent()
         if transport:
             headers[tracing.TRACEPARENT] = transport

@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import flask
 import psycopg
@@ -39,9 +39,11 @@ from shared.platform.errors import (
     ApiError,
     BadRequest,
     DependencyUnavailable,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from shared.platform.logs import context, log_event
@@ -66,18 +68,47 @@ def error_response(error: ApiError) -> flask.Response:
     return json_response(error.status, {"error": error.error, "detail": error.detail}, error.headers)
 
 
-def client_address(request: flask.Request) -> str | None:
-    """The client's IP address for the audit log and rate limits: the leftmost X-Forwarded-For, else the peer.
+def client_address(request: flask.Request, trusted_proxy_hops: int = 0) -> str | None:
+    """The client's IP address for the audit log: the peer, or with proxies in front, the address the
+    outermost trusted proxy saw.
 
-    Only an address that parses as one is kept; anything else is None (it is never echoed back).
+    Each proxy appends the address it was called from to X-Forwarded-For, so only the rightmost
+    `trusted_proxy_hops` entries were written by someone we trust; whatever a client puts further left
+    is its own claim and is ignored (the leftmost entry is the easiest to forge). With no trusted
+    proxy (the default) the header is ignored altogether. Only an address that parses as one is
+    kept; anything else is None (it is never echoed back).
     """
-    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-    address = forwarded or request.remote_addr
+    chain = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    chain.append(request.remote_addr or "")
+    address = chain[max(0, len(chain) - 1 - trusted_proxy_hops)]
     try:
         ipaddress.ip_address(address or "")
     except ValueError:
         return None
     return address
+
+
+def require_same_origin_json(request: flask.Request, allowed_origins: tuple[str, ...]) -> None:
+    """A browser sends the token cookie with any request to this site, even one a form on another
+    page of the same site posts: a request that changes something must come from an allowed origin
+    (`Origin`, which a page cannot forge) and, when it has a body, as JSON (which a form cannot send
+    without a CORS preflight). SameSite=Strict alone does not cover sibling subdomains."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    origin = request.headers.get("Origin")
+    if origin is None or origin not in allowed_origins:
+        raise Forbidden("a request authenticated by the token cookie must come from an allowed Origin")
+    if request.content_length and request.mimetype != "application/json":
+        raise UnsupportedMediaType("a request authenticated by the token cookie must send application/json")
+
+
+_CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _has_control_characters(request: flask.Request) -> bool:
+    return bool(_CONTROL_CHARACTERS.search(request.path)) or any(
+        _CONTROL_CHARACTERS.search(key) or _CONTROL_CHARACTERS.search(value)
+        for key, values in request.args.lists() for value in values)
 
 
 def read_json(request: flask.Request, *, max_bytes: int = MAX_JSON_BODY) -> dict[str, Any]:
@@ -110,7 +141,10 @@ def health_response(checks: Mapping[str, HealthCheck]) -> flask.Response:
             results[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure makes the dependency unhealthy
             healthy = False
-            results[name] = f"unavailable: {type(exc).__name__}: {exc}"[:300]
+            # The reason goes to the log only: an exception's text can name hosts, paths or credentials.
+            results[name] = "unavailable"
+            log_event(logger, "health check failed", logging.WARNING, check=name,
+                      error=f"{type(exc).__name__}: {exc}"[:500])
     return json_response(200 if healthy else 503, {"status": "ok" if healthy else "unavailable", "checks": results})
 
 
@@ -160,7 +194,31 @@ def _answer_framework_refusals_as_json() -> None:
         flask.current_app.register_error_handler(werkzeug.exceptions.HTTPException, _framework_refusal)
 
 
+def _answer_server_refusals_as_json() -> None:
+    """gunicorn answers what it refuses before any app runs (a header line over 8190 bytes, too many
+    headers, a malformed request line) with an HTML page; every dropgate answer is `{error, detail}`
+    JSON, these too. gunicorn's workers call `gunicorn.util.write_error` (workers/base.py handle_error)."""
+    try:
+        from gunicorn import util as gunicorn_util
+    except ImportError:  # not served by gunicorn (tests calling the app directly)
+        return
+
+    def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:  # noqa: ANN001 - a socket
+        body = json.dumps({"error": re.sub(r"\W+", "_", reason.lower()).strip("_") or "bad_request",
+                           "detail": f"the server refused the request: {reason}"}).encode()
+        head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+        gunicorn_util.write_nonblock(sock, head + body)
+
+    gunicorn_util.write_error = write_json_error
+
+
+_answer_server_refusals_as_json()
+
+
 def _framework_refusal(exc: werkzeug.exceptions.HTTPException) -> flask.Response:
+    if flask.has_request_context() and _has_control_characters(flask.request):
+        return error_response(BadRequest("control characters in the path or query"))
     status = exc.code or 500
     return json_response(status, {"error": re.sub(r"\W+", "_", (exc.name or "error").lower()),
                                   "detail": exc.description or exc.name})
@@ -185,6 +243,9 @@ class HttpApp:
             return health_response(self._health_checks)
         if request.path == metrics.METRICS_PATH and request.method == "GET":
             return metrics.metrics_response(request)
+        if _has_control_characters(request):
+            # A NUL in an id would reach the database driver (which refuses it with an error) or a header.
+            return self._with_cors(request, error_response(BadRequest("control characters in the path or query")))
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             response = flask.Response(status=204)
         else:
@@ -242,6 +303,8 @@ class HttpApp:
 
 
 CloudEventHandler = Callable[[CloudEvent], "CloudEvent | flask.Response | None"]
+# `Authorization` header -> the sender's subject, or Unauthorized / Forbidden (shared/platform/auth.py).
+SenderCheck = Callable[[str | None], str]
 
 
 class CloudEventApp:
@@ -251,9 +314,11 @@ class CloudEventApp:
     routes a subscriber's answer as a new event.
     """
 
-    def __init__(self, handler: CloudEventHandler, health_checks: Mapping[str, HealthCheck]):
+    def __init__(self, handler: CloudEventHandler, health_checks: Mapping[str, HealthCheck],
+                 senders: SenderCheck):
         self._handler = handler
         self._health_checks = health_checks
+        self._senders = senders
         _answer_framework_refusals_as_json()
 
     def __call__(self, request: flask.Request) -> flask.Response:
@@ -264,6 +329,7 @@ class CloudEventApp:
         try:
             if request.method != "POST":
                 raise MethodNotAllowed("CloudEvents are delivered with POST", headers={"Allow": "POST"})
+            sender = self._authenticated_sender(request)
             event = parse_cloudevent(request)
         except ApiError as exc:
             log_event(logger, "event refused", logging.WARNING, path=request.path,
@@ -272,10 +338,18 @@ class CloudEventApp:
         parent = tracing.parent_of_event(event, request.headers.get(tracing.TRACEPARENT))
         with tracing.span(f"{event['type']} process", parent=parent, kind=SpanKind.CONSUMER,
                           attributes={"cloudevents.event_id": event["id"], "cloudevents.event_type": event["type"]}), \
-                context(event_id=event["id"], event_type=event["type"]):
+                context(event_id=event["id"], event_type=event["type"], sender=sender):
             response = self._handle(request, event)
         metrics.EVENTS_RECEIVED.labels(event["type"], str(response.status_code)).inc()
         return response
+
+    def _authenticated_sender(self, request: flask.Request) -> str:
+        """The sender's subject; nothing of the event is read before it is known (401/403 otherwise)."""
+        try:
+            return self._senders(request.headers.get("Authorization"))
+        except (Unauthorized, Forbidden) as exc:
+            metrics.EVENTS_REFUSED.labels(str(exc.status)).inc()
+            raise
 
     def _handle(self, request: flask.Request, event: CloudEvent) -> flask.Response:
         try:

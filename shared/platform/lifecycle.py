@@ -19,6 +19,7 @@ from botocore.client import BaseClient
 from psycopg_pool import ConnectionPool
 
 from shared.platform import logs, metrics, tracing
+from shared.platform.auth import EventSenderVerifier
 from shared.platform.clamd import StreamingClamd, check_clamd, create_scanner
 from shared.platform.db import check_database, create_pool
 from shared.platform.delivery import EventSink
@@ -61,7 +62,12 @@ class FunctionInstance:
     @property
     def sink(self) -> EventSink:
         """Where this function sends the CloudEvents it emits (K_SINK); needs the `events` section."""
-        return self.once("sink", lambda: EventSink(self.settings.events.sink_url))
+        return self.once("sink", lambda: EventSink.from_settings(self.settings.events))
+
+    def event_sender(self, authorization: str | None) -> str:
+        """Who delivered a CloudEvent (401/403 otherwise); needs the `event_auth` section. CloudEventApp asks it."""
+        verifier = self.once("event_senders", lambda: EventSenderVerifier(self.settings.event_auth))
+        return verifier.sender(authorization)
 
     def publish(self, events: Iterable) -> None:
         """Send typed events (anything with `to_cloudevent()`) to the sink, in order."""

@@ -67,6 +67,9 @@ RECONCILE_UPLOADS: Final = Counter(
 EVENTS_RECEIVED: Final = Counter(
     "dropgate_events_received", "CloudEvents delivered to this function, by type and answer status",
     ["type", "status"])
+EVENTS_REFUSED: Final = Counter(
+    "dropgate_events_refused", "CloudEvents refused before any work: no or bad sender token (401), sender not "
+    "allowed (403)", ["status"])
 EVENTS_SENT: Final = Counter(
     "dropgate_events_sent", "CloudEvents this function sent to its sink, by type and outcome "
     "(sent, refused: the sink answered non-2xx, unavailable: no answer)", ["type", "outcome"])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from shared.platform.env import EnvReader
+from shared.platform.settings_auth import AuthSettings, EventAuthSettings
 
 KIB: Final = 1024
 MIB: Final = 1024 * KIB
@@ -29,7 +30,6 @@ S3_MAX_PARTS: Final = 10_000
 # Compliance ceiling: no file may be kept longer than this, whatever is configured.
 MAX_RETENTION_DAYS: Final = 30
 
-_FORBIDDEN_JWT_ALGORITHMS: Final = frozenset({"none", "HS256", "HS384", "HS512"})
 SSE_ALGORITHMS: Final = ("AES256", "aws:kms", "none")
 TRACES_EXPORTERS: Final = ("none", "console", "otlp")
 # Kinds of content DROPGATE_DENIED_CONTENT can refuse (shared/scanning/content_policy.py; docs/content-policy.md).
@@ -176,39 +176,6 @@ class ClamdSettings:
 
 
 @dataclass(frozen=True)
-class AuthSettings:
-    """OIDC: tokens are verified against the provider's JWKS, issuer and audience pinned."""
-
-    issuer: str
-    audience: str
-    jwks_url: str
-    roles_claim: str  # dotted path into the token, Keycloak's realm roles by default
-    algorithms: tuple[str, ...]
-    leeway_seconds: int
-    # An unknown `kid` refetches the JWKS at most this often, so tokens with made-up
-    # kids cannot make every request hit the identity provider.
-    jwks_refresh_cooldown_seconds: int
-
-    @classmethod
-    def read(cls, env: EnvReader) -> AuthSettings:
-        algorithms = env.words("DROPGATE_JWT_ALGORITHMS", ("RS256", "ES256"))
-        forbidden = sorted(set(algorithms) & _FORBIDDEN_JWT_ALGORITHMS)
-        if forbidden:
-            env.problems.append(
-                f"DROPGATE_JWT_ALGORITHMS: {', '.join(forbidden)} not allowed; "
-                "only asymmetric algorithms verified against the JWKS are accepted")
-        return cls(
-            issuer=env.text("DROPGATE_OIDC_ISSUER"),
-            audience=env.text("DROPGATE_OIDC_AUDIENCE"),
-            jwks_url=env.url("DROPGATE_OIDC_JWKS_URL"),
-            roles_claim=env.text("DROPGATE_ROLES_CLAIM", "realm_access.roles"),
-            algorithms=algorithms,
-            leeway_seconds=env.integer("DROPGATE_JWT_LEEWAY", 30, minimum=0, maximum=300),
-            jwks_refresh_cooldown_seconds=env.integer("DROPGATE_JWKS_REFRESH_COOLDOWN", 10, minimum=0, maximum=3600),
-        )
-
-
-@dataclass(frozen=True)
 class LimitSettings:
     max_upload_size: int
     min_upload_size: int
@@ -218,6 +185,9 @@ class LimitSettings:
     requests_per_minute: int
     url_expiry_seconds: int
     retention_days: int
+    # Proxies in front of presign that append to X-Forwarded-For (ingress, Knative's activator and
+    # queue-proxy...): the client's address for the audit log is the one the outermost of them saw.
+    trusted_proxy_hops: int = 0
 
     @classmethod
     def read(cls, env: EnvReader) -> LimitSettings:
@@ -233,6 +203,7 @@ class LimitSettings:
             url_expiry_seconds=env.integer("DROPGATE_URL_EXPIRY", 900, minimum=60, maximum=7 * 24 * 3600),
             retention_days=env.integer("DROPGATE_RETENTION_DAYS", MAX_RETENTION_DAYS, minimum=1,
                                        maximum=MAX_RETENTION_DAYS),
+            trusted_proxy_hops=env.integer("DROPGATE_TRUSTED_PROXY_HOPS", 0, minimum=0, maximum=10),
         )
 
 
@@ -270,6 +241,9 @@ class EventSettings:
     # presign's fast path: a completed upload's "object created" event goes to K_SINK at once, so a
     # lost storage notification costs no delay (the reconciliation pass stays the guarantee).
     emit_on_complete: bool = False
+    # A token for the sink's audience, presented with every event sent (Knative's broker ingress
+    # requires one with `authentication-oidc`): a projected service-account token, re-read as it rotates.
+    sink_token_file: str | None = None
 
     @classmethod
     def read(cls, env: EnvReader) -> EventSettings:
@@ -280,6 +254,7 @@ class EventSettings:
             owned_buckets=(env.text("DROPGATE_UPLOADS_BUCKET", "dropgate-uploads"),
                            env.text("DROPGATE_QUARANTINE_BUCKET", "dropgate-quarantine")),
             emit_on_complete=env.boolean("DROPGATE_EMIT_ON_COMPLETE", False),
+            sink_token_file=env.optional_text("DROPGATE_SINK_TOKEN_FILE"),
         )
 
 
@@ -361,6 +336,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "database": DatabaseSettings,
     "clamd": ClamdSettings,
     "auth": AuthSettings,
+    "event_auth": EventAuthSettings,
     "limits": LimitSettings,
     "content": ContentSettings,
     "events": EventSettings,
@@ -397,6 +373,10 @@ class Settings:
     @property
     def auth(self) -> AuthSettings:
         return self._section("auth")
+
+    @property
+    def event_auth(self) -> EventAuthSettings:
+        return self._section("event_auth")
 
     @property
     def limits(self) -> LimitSettings:
