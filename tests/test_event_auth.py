@@ -230,3 +230,67 @@ def test_metrics_ask_for_a_token_in_every_overlay(overlay: str) -> None:
         source = env["DROPGATE_METRICS_TOKEN"].get("valueFrom", {}).get("secretKeyRef", {})
         assert (source.get("name"), source.get("key"), source.get("optional", False)) == \
             ("dropgate-metrics", "token", False), name
+
+
+def test_complete_asks_storage_whatever_the_row_says(running_functions, stack, database_url,
+                                                     dev_token) -> None:  # noqa: F811 - the fixture
+    """Defence in depth: had an event that was not storage's moved the row, completion still completes."""
+    owner = DropgateClient(running_functions["presign"], dev_token("event-auth-repair"))
+    data = payload(6 * MIB, seed=182)
+    record = owner.create(filename="moved.bin", size=len(data)).json()
+    etags, _ = owner.upload_parts(record, data)
+    with psycopg.connect(database_url, autocommit=True) as conn:  # what the forged event used to do
+        conn.execute("UPDATE uploads SET status = 'uploaded' WHERE id = %s", (record["id"],))
+    done = owner.complete(record["id"], etags)
+    assert done.status == 200, done.body
+    with psycopg.connect(database_url) as conn:
+        (audited,) = conn.execute("SELECT detail FROM audit_log WHERE upload_id = %s"
+                                  " AND action = 'upload.state_disagreed_with_storage'", (record["id"],)).fetchone()
+    assert audited == {"status": "uploaded", "parts_in_storage": record["part_count"]}
+    final = owner.wait_for(record["id"], FINAL, timeout=180)
+    assert final["status"] == "clean"  # storage really completed it, so the pipeline scanned it
+    assert len(call("GET", owner.download_link(record["id"]).json()["url"]).body) == len(data)
+    again = owner.complete(record["id"], etags)  # a retry now finds storage done: the same answer
+    assert again.status == 200 and again.json()["status"] == "clean"
+
+
+def _allowed_names(rule: dict) -> set[str]:
+    (source,) = rule["from"]
+    (expression,) = source["podSelector"]["matchExpressions"]
+    assert (expression["key"], expression["operator"]) == ("app.kubernetes.io/name", "In")
+    return set(expression["values"])
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_network_policies_admit_only_who_needs_each_pod(overlay: str) -> None:
+    """Derived from the manifests themselves: who has clamd's address, who has a database URL."""
+    docs = render(overlay)
+    policies = {p["metadata"]["name"]: p["spec"] for p in objects(docs, "NetworkPolicy")}
+    services = knative_services(docs)
+
+    def template_name(service: dict) -> str:
+        return service["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+
+    def env_names(container: dict) -> set[str]:
+        return {e["name"] for e in container.get("env", [])}
+
+    functions = policies["dropgate-functions"]
+    (selector,) = functions["podSelector"]["matchExpressions"]
+    assert set(selector["values"]) == {template_name(s) for s in services.values()}
+    (rule,) = functions["ingress"]
+    (source,) = rule["from"]
+    assert "podSelector" not in source  # nothing from this namespace directly, only Knative's data plane
+    assert set(source["namespaceSelector"]["matchExpressions"][0]["values"]) >= {"knative-serving",
+                                                                               "knative-eventing"}
+    clamd_users = {template_name(s) for s in services.values()
+                   if "DROPGATE_CLAMD_ADDRESS" in env_names(s["spec"]["template"]["spec"]["containers"][0])}
+    (clamd_rule,) = policies["dropgate-clamd"]["ingress"]
+    assert _allowed_names(clamd_rule) == clamd_users == {"dropgate-scan", "dropgate-reconcile"}
+    assert clamd_rule["ports"] == [{"protocol": "TCP", "port": 3310}]
+    if overlay == "dev":
+        database_users = {template_name(s) for s in services.values()
+                          if "DATABASE_URL" in env_names(s["spec"]["template"]["spec"]["containers"][0])}
+        (postgres_rule,) = policies["dropgate-postgres"]["ingress"]
+        assert _allowed_names(postgres_rule) == database_users | {"dropgate-migrate"}
+    else:
+        assert "dropgate-postgres" not in policies  # production's database lives elsewhere

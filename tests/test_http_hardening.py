@@ -112,3 +112,11 @@ def test_what_the_http_server_refuses_is_json_too(running_functions, request_byt
         assert 400 <= status < 500, (function, status, body[:200])
         assert headers["content-type"] == "application/json", (function, headers, body[:200])
         assert json.loads(body)["detail"].startswith("the server refused the request")
+
+
+def test_no_server_banner_names_a_version(running_functions) -> None:
+    import re
+
+    for function in ("presign", "scan", "metadata"):
+        reply = call("GET", f"{running_functions[function]}/healthz")
+        assert not re.search(r"\d", reply.headers.get("Server", "")), (function, reply.headers.get("Server"))

@@ -132,6 +132,17 @@ def read_json(request: flask.Request, *, max_bytes: int = MAX_JSON_BODY) -> dict
     return body
 
 
+def platform_answer(request: flask.Request, checks: Mapping[str, HealthCheck]) -> flask.Response | None:
+    """What every function answers the same way, before its own routes: /healthz and /metrics."""
+    if request.method != "GET":
+        return None
+    if request.path == HEALTH_PATH:
+        return health_response(checks)
+    if request.path == metrics.METRICS_PATH:
+        return metrics.metrics_response(request)
+    return None
+
+
 def health_response(checks: Mapping[str, HealthCheck]) -> flask.Response:
     results: dict[str, str] = {}
     healthy = True
@@ -239,10 +250,8 @@ class HttpApp:
         _answer_framework_refusals_as_json()
 
     def __call__(self, request: flask.Request) -> flask.Response:
-        if request.path == HEALTH_PATH and request.method == "GET":
-            return health_response(self._health_checks)
-        if request.path == metrics.METRICS_PATH and request.method == "GET":
-            return metrics.metrics_response(request)
+        if (answer := platform_answer(request, self._health_checks)) is not None:
+            return answer
         if _has_control_characters(request):
             # A NUL in an id would reach the database driver (which refuses it with an error) or a header.
             return self._with_cors(request, error_response(BadRequest("control characters in the path or query")))
@@ -322,10 +331,8 @@ class CloudEventApp:
         _answer_framework_refusals_as_json()
 
     def __call__(self, request: flask.Request) -> flask.Response:
-        if request.path == HEALTH_PATH and request.method == "GET":
-            return health_response(self._health_checks)
-        if request.path == metrics.METRICS_PATH and request.method == "GET":
-            return metrics.metrics_response(request)
+        if (answer := platform_answer(request, self._health_checks)) is not None:
+            return answer
         try:
             if request.method != "POST":
                 raise MethodNotAllowed("CloudEvents are delivered with POST", headers={"Allow": "POST"})

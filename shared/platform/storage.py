@@ -169,7 +169,8 @@ class IncompleteRead(IOError):
 
 # What S3 servers answer for an absent key or bucket: NoSuchKey on GET, a bare 404 on HEAD
 # (no body to carry a code), NotFound from some servers, NoSuchVersion for a version id.
-MISSING_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
+# Not there: an object, a version, or a multipart upload (S3's codes; HEAD answers a bare 404).
+MISSING_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion", "NoSuchUpload"})
 
 
 def error_code(exc: ClientError) -> str:
@@ -182,7 +183,7 @@ def http_status(exc: ClientError) -> int:
 
 
 def is_missing(exc: ClientError) -> bool:
-    """Whether storage said the object (or version) is not there."""
+    """Whether storage said the object, version or multipart upload is not there (the one home of that rule)."""
     return error_code(exc) in MISSING_CODES
 
 

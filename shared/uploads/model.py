@@ -47,11 +47,15 @@ GONE: Final = frozenset({S.EXPIRED, S.ABORTED, S.ABANDONED})
 # States only a completed upload reaches: storage holds (or held) its object.
 COMPLETED: Final = frozenset({S.UPLOADED, S.SCANNING, S.RELEASED}) | VERDICTS
 MAY_BE_IN_QUARANTINE: Final = frozenset({S.SCANNING}) | QUARANTINED  # a crashed scan may have moved it
+# Completed by the row's word only: presign's complete asks storage whether the multipart upload is still
+# open (with parts) before it answers "done", and completes it when it is (the row moved without storage).
+CHECKED_AT_COMPLETION: Final = frozenset({S.PENDING, S.UPLOADED, S.SCANNING})
 
 TRANSITIONS: Final[dict[UploadStatus, frozenset[UploadStatus]]] = {
     S.PENDING: frozenset({S.UPLOADED, S.SCANNING, S.ABORTED, S.ABANDONED, S.UNSCANNABLE}),
     S.UPLOADED: frozenset({S.SCANNING, S.UNSCANNABLE, S.EXPIRED}),
-    S.SCANNING: VERDICTS | {S.EXPIRED},
+    # scanning -> uploaded: presign's complete found the multipart upload still open in storage.
+    S.SCANNING: VERDICTS | {S.EXPIRED, S.UPLOADED},
     # A rescan after a signature update, or a blocklisted hash, can still find a clean file infected.
     S.CLEAN: frozenset({S.INFECTED, S.EXPIRED}),
     S.INFECTED: frozenset({S.EXPIRED}),

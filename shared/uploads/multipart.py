@@ -17,12 +17,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared.platform import tracing
 from shared.platform.errors import DependencyUnavailable
 from shared.platform.settings import StorageSettings
-from shared.platform.storage import error_code, sse_arguments
+from shared.platform.storage import error_code, is_missing, sse_arguments
 from shared.uploads.model import StoredPart
 from shared.uploads.requests import CompletedPart, normalise_etag
 
-# A multipart upload or object that is not there (S3: NoSuchUpload, NoSuchKey; HEAD: a bare 404).
-_GONE_CODES: Final = frozenset({"NoSuchUpload", "404", "NoSuchKey"})
 # A legal hold storage cannot apply (no Object Lock on the bucket, or no object yet): the database flag stands.
 _NO_LEGAL_HOLD: Final = frozenset({"InvalidRequest", "ObjectLockConfigurationNotFoundError", "NoSuchKey",
                                    "InvalidBucketState", "NotImplemented"})
@@ -100,7 +98,7 @@ class MultipartStorage:
         try:
             return getattr(self._s3, operation)(**arguments)
         except ClientError as exc:
-            if gone is not _RAISE and error_code(exc) in _GONE_CODES:
+            if gone is not _RAISE and is_missing(exc):
                 return gone
             raise storage_unavailable(exc) from exc
         except BotoCoreError as exc:

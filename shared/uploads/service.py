@@ -49,6 +49,7 @@ from shared.uploads import repository
 from shared.uploads.limits import count_request, reserve_upload_quota
 from shared.uploads.model import (
     AWAITING_VERDICT,
+    CHECKED_AT_COMPLETION,
     COMPLETED,
     DOWNLOADABLE,
     GONE,
@@ -235,11 +236,18 @@ class UploadService:
     def complete(self, principal: Principal, upload_id: str, claimed: list[CompletedPart], actor: Actor) -> UploadRow:
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, upload_id, for_update=True)
-            if upload.status != UploadStatus.PENDING:
-                if upload.status in COMPLETED:
-                    return upload  # a retried completion: same answer, nothing done twice
+            if upload.status not in COMPLETED and upload.status != UploadStatus.PENDING:
                 raise Conflict(f"upload is {upload.status}, not pending")
-            stored = self._stored_parts(upload)
+            stored = self._stored_parts(upload) if upload.status in CHECKED_AT_COMPLETION else []
+            if upload.status != UploadStatus.PENDING:
+                if not stored:
+                    return upload  # a retried completion: storage completed it; same answer, nothing done twice
+                # The row says completed, yet storage still holds the multipart upload open, with parts:
+                # something moved the row without storage (an event that was not storage's). Storage decides.
+                audit.record(conn, actor, "upload.state_disagreed_with_storage", upload.id,
+                             status=str(upload.status), parts_in_storage=len(stored))
+                log_event(logger, "the row said completed, storage did not; completing now", logging.WARNING,
+                          outcome="repaired", status=str(upload.status), parts_in_storage=len(stored))
             problem = self._completion_problem(upload, claimed, stored)
             # No parts left in storage: a completion that died between storage and its commit may have
             # completed this very upload already. Then this retry records it; aborting would delete the file.
