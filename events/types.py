@@ -25,7 +25,15 @@ from uuid import UUID
 
 from cloudevents.http import CloudEvent
 
-from events.wire import JSON_CONTENT_TYPE, SPEC_VERSION, InvalidEvent, Reader, cloudevent, format_time, hex_or_problem
+from events.wire import (
+    JSON_CONTENT_TYPE,
+    SPEC_VERSION,
+    InvalidEvent,
+    Reader,
+    cloudevent,
+    format_time,
+    hex_or_problem,
+)
 
 BUCKET_EXTENSION: Final = "bucket"
 # CloudEvents distributed-tracing extension (W3C trace context of the event; shared/platform/tracing.py).
@@ -48,6 +56,8 @@ SCAN_UNSCANNABLE: Final = "dev.dropgate.scan.unscannable"  # not fully scanned: 
 METADATA_RECORDED: Final = "dev.dropgate.metadata.recorded"
 UPLOAD_EXPIRED: Final = "dev.dropgate.upload.expired"
 UPLOAD_ABANDONED: Final = "dev.dropgate.upload.abandoned"
+EXPIRE_COMPLETED: Final = "dev.dropgate.expire.completed"  # a pass's summary (subject: the pass's run id)
+RECONCILE_COMPLETED: Final = "dev.dropgate.reconcile.completed"
 
 # -- Knative PingSource --
 PING: Final = "dev.knative.sources.ping"
@@ -338,6 +348,55 @@ class UploadEnded:
         return read.done(cls, **fields)
 
 
+@dataclass(frozen=True)
+class PassCompleted:
+    """A scheduled pass's summary: expire's or reconcile's reply to the ping that woke it.
+
+    Knative's broker accepts a subscriber's 2xx answer only when its body is empty or a CloudEvent
+    (knative/eventing pkg/broker/filter/filter_handler.go: otherwise 502, then retries and the
+    dead-letter sink), so the summary travels as an event of its own, which the broker publishes.
+    """
+
+    TYPES: ClassVar[Mapping[str, str]] = {EXPIRE_COMPLETED: "expire", RECONCILE_COMPLETED: "reconcile"}
+    SCHEMA: ClassVar[str] = "pass-completed.json"
+
+    id: str
+    source: str  # "<DROPGATE_EVENT_SOURCE>/expire" or ".../reconcile"
+    time: datetime
+    task: Literal["expire", "reconcile"]
+    run_id: str
+    trigger: str | None  # the id of the ping that started the pass
+    summary: Mapping[str, Any]  # counts and bounds of the pass (docs/expire.md, docs/reconcile.md)
+
+    def __post_init__(self) -> None:
+        if self.task not in self.TYPES.values():
+            raise ValueError(f"task {self.task!r} is not expire or reconcile")
+
+    @property
+    def type(self) -> str:
+        return f"dev.dropgate.{self.task}.completed"
+
+    def data(self) -> dict[str, Any]:
+        return {"task": self.task, "run_id": self.run_id, "trigger": self.trigger, "summary": dict(self.summary)}
+
+    def to_cloudevent(self) -> CloudEvent:
+        return cloudevent(type_=self.type, source=self.source, id_=self.id, time=self.time, subject=self.run_id,
+                          data=self.data())
+
+    @classmethod
+    def from_cloudevent(cls, event: CloudEvent) -> PassCompleted:
+        read = Reader(event, cls.TYPES)
+        task = cls.TYPES.get(read.type)
+        if task is not None and read.data.get("task") != task:
+            read.problems.append(f"data.task {read.data.get('task')!r} must be {task!r} for type {read.type}")
+        summary = read.data.get("summary")
+        if not isinstance(summary, dict):
+            read.problems.append("data.summary must be an object")
+        return read.done(cls, id=read.id, source=read.source, time=read.time, task=task,
+                         run_id=read.text("run_id"), trigger=read.text("trigger", optional=True),
+                         summary=summary if isinstance(summary, dict) else {})
+
+
 # ---------------------------------------------------------------------------------------------
 # Knative PingSource
 
@@ -399,4 +458,5 @@ class Ping:
         return ping
 
 
-EVENT_CLASSES: Final = (ObjectCreated, ObjectRemoved, ScanVerdict, MetadataRecorded, UploadEnded, Ping)
+EVENT_CLASSES: Final = (ObjectCreated, ObjectRemoved, ScanVerdict, MetadataRecorded, UploadEnded, PassCompleted,
+                         Ping)

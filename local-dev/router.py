@@ -47,9 +47,10 @@ from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
@@ -258,30 +259,27 @@ class LocalBroker:
             if attempt:
                 self.metrics.retries.labels(route.name).inc()
             if status is not None and 200 <= status < 300:
-                if not self._handle_reply(route, event, entry, headers, body):
-                    self.metrics.deliveries.labels(route.name, "delivered").inc()
-                    self._update(entry, outcome="delivered")  # after the reply is in: /events never races
-                return
+                reply, problem = _read_reply(headers, body)
+                if problem is None:
+                    if not self._handle_reply(route, event, entry, reply):
+                        self.metrics.deliveries.labels(route.name, "delivered").inc()
+                        self._update(entry, outcome="delivered")  # after the reply is in: /events never races
+                    return
+                # Knative's broker filter turns a 2xx with a body that is not a CloudEvent into a 502
+                # (pkg/broker/filter/filter_handler.go writeResponse): retried, then dead-lettered.
+                status, body = HTTPStatus.BAD_GATEWAY.value, problem.encode()
+                with self._lock:
+                    entry["attempts"][-1].update(status=status, error=problem)
             if self._stopping.is_set() or not should_retry(status) or attempt == len(delays):
                 break
             self._stopping.wait(delays[attempt])
         failed_body = body if status is not None else f"dispatch error: {error}".encode()
         self._dead_letter(route, event, entry, dest=url, code=status or 500, body=failed_body)
 
-    def _handle_reply(self, route: TriggerRoute, event: CloudEvent, entry: dict,
-                      headers: dict[str, str], body: bytes) -> bool:
+    def _handle_reply(self, route: TriggerRoute, event: CloudEvent, entry: dict, reply: CloudEvent | None) -> bool:
         """Ingest a reply event into the Broker; True when the delivery ended otherwise (dead-lettered)."""
-        content_type = headers.get("content-type", "")
-        if "ce-specversion" not in headers and not content_type.startswith("application/cloudevents+json"):
-            return False  # not an event: Knative discards the response body
-        try:
-            reply = _normalized(from_http(headers, body), body if "ce-specversion" in headers else None)
-        except (CloudEventError, ValueError, TypeError) as exc:
-            # Knative would fail to post this to the Broker and dead-letter the original event.
-            self._update(entry, error=f"malformed reply: {exc}")
-            self._dead_letter(route, event, entry, dest=self.ingress_url or "broker", code=400,
-                              body=f"malformed reply: {exc}".encode(), outcome="reply-rejected")
-            return True
+        if reply is None:
+            return False  # an empty answer: nothing to publish
         sender = subscription_subject(route.namespace or "default", route.broker, route.name)
         if not broker_admits(self.identity.policies, route.broker, self._namespace(route.broker), sender):
             # The channel posts the reply to the ingress as the Trigger's Subscription; a 403 there fails
@@ -385,6 +383,25 @@ def _post(url: str, event: CloudEvent, *, timeout: float, structured: bool = Fal
         return None, {}, b"", f"{type(exc).__name__}: {exc}"
     finally:
         connection.close()
+
+
+NOT_AN_EVENT: Final = ("received a non-empty response not recognized as CloudEvent. "
+                        "The response MUST be either empty or a valid CloudEvent")  # Knative's own words
+
+
+def _read_reply(headers: dict[str, str], body: bytes) -> tuple[CloudEvent | None, str | None]:
+    """A subscriber's 2xx answer as Knative's broker filter reads it: (the reply event or None, the problem).
+
+    No CloudEvent encoding (no ce-specversion, no application/cloudevents+json) and an empty body is
+    an empty answer; a non-empty one, or an event that does not decode, is a problem.
+    """
+    content_type = headers.get("content-type", "")
+    if "ce-specversion" not in headers and not content_type.startswith("application/cloudevents+json"):
+        return None, (NOT_AN_EVENT if body else None)
+    try:
+        return _normalized(from_http(headers, body), body if "ce-specversion" in headers else None), None
+    except (CloudEventError, ValueError, TypeError) as exc:
+        return None, f"malformed reply: {exc}"
 
 
 def _is_json(content_type: str | None) -> bool:

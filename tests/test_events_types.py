@@ -13,6 +13,7 @@ from events.types import (
     MetadataRecorded,
     ObjectCreated,
     ObjectRemoved,
+    PassCompleted,
     Ping,
     ScanVerdict,
     StorageObjectEvent,
@@ -64,6 +65,10 @@ EXAMPLES = [
     UploadEnded(id="e2", source="dropgate/expire", time=WHEN, upload_id=UPLOAD, outcome="abandoned",
                 bucket="dropgate-uploads", key="k", reason="multipart upload idle for 24 hours",
                 object_deleted=False),
+    PassCompleted(id="expire-r1", source="dropgate/expire", time=WHEN, task="expire", run_id="r1", trigger="p1",
+                  summary={"expired": 2, "more_work": False, "errors": []}),
+    PassCompleted(id="reconcile-r2", source="dropgate/reconcile", time=WHEN, task="reconcile", run_id="r2",
+                  trigger=None, summary={"redriven": 0, "rescans": {"requested": 0}}),
     Ping(id="p1", source="/apis/v1/namespaces/dropgate/pingsources/dropgate-expire", time=WHEN, task="expire"),
     Ping(id="p2", source="/apis/v1/namespaces/dropgate/pingsources/dropgate-expire", time=WHEN),
 ]
@@ -107,7 +112,7 @@ def test_every_type_constant_has_a_class_and_a_schema():
     constants = {value for name, value in vars(types).items()
                  if name.isupper() and isinstance(value, str) and value.startswith(("com.amazonaws.s3.Object", "dev."))}
     covered = set(ObjectCreated.TYPES) | set(ObjectRemoved.TYPES) | set(ScanVerdict.TYPES) | set(UploadEnded.TYPES) \
-        | {MetadataRecorded.TYPE, Ping.TYPE}
+        | set(PassCompleted.TYPES) | {MetadataRecorded.TYPE, Ping.TYPE}
     assert constants == covered
     for cls in types.EVENT_CLASSES:
         jsonschema.Draft202012Validator.check_schema(load_schema(cls.SCHEMA))

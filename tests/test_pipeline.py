@@ -124,3 +124,25 @@ def test_a_killed_scan_worker_is_retried_by_the_broker(running_functions, dev_to
                 and e.get("type") == "com.amazonaws.s3.ObjectCreated:CompleteMultipartUpload"]
     deliveries = [d for e in attempts for d in e["deliveries"] if "dropgate-scan" in d["subscriber"]]
     assert any(len(d["attempts"]) > 1 and d["outcome"] == "delivered" for d in deliveries), deliveries
+
+
+@pytest.mark.parametrize("task", ["expire", "reconcile"])
+def test_a_scheduled_pass_through_the_broker_ends_delivered_with_its_summary_event(running_functions, stack,
+                                                                                 task: str) -> None:
+    """The PingSource fires through the broker; the function's reply is a CloudEvent, so the delivery
+    succeeds (a bare JSON body would be a 502 on Knative, and in the local broker) and the summary is published."""
+    fired = call("POST", f"http://127.0.0.1:{stack.ports.router}/pingsources/dropgate-{task}")
+    assert fired.status == 202, fired.body
+    ping_id = fired.json()["id"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        record = next((e for e in router_events(stack) if e["id"] == ping_id), None)
+        if record and record["deliveries"] and all(d["outcome"] != "pending" for d in record["deliveries"]):
+            break
+        time.sleep(0.2)
+    (delivery,) = record["deliveries"]
+    assert delivery["outcome"] == "delivered", delivery
+    assert [a["status"] for a in delivery["attempts"]] == [200]
+    assert delivery["reply_type"] == f"dev.dropgate.{task}.completed"
+    published = next(e for e in router_events(stack) if e["id"] == delivery["reply_id"])
+    assert published["origin"] == f"reply:dropgate-{task}-ping" and published["subject"]

@@ -37,7 +37,7 @@ from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import ChildProcess, free_port, http_ok, serving_worker
 from dropgate_local.router import load_manifests
 from dropgate_local.stack import SOURCE_DIR
-from events.types import ObjectCreated, Ping, ScanVerdict
+from events.types import ObjectCreated, PassCompleted, Ping, ScanVerdict
 from shared.platform.clamd import StreamingClamd
 from shared.platform.db import create_pool
 from shared.platform.delivery import EventSink, to_http
@@ -242,7 +242,9 @@ class Pipeline:
         """One pass, asked of the reconcile function directly so its summary comes back; its events go to the broker."""
         reply = ping(self.reconcile)
         assert reply.status == 200, reply.body
-        return reply.json()
+        completed = PassCompleted.from_cloudevent(from_http(reply.headers, reply.body))  # a CloudEvent, never a bare body
+        assert completed.type == "dev.dropgate.reconcile.completed" and completed.trigger
+        return dict(completed.summary)
 
 
 def broker_manifests(tmp_path: Path) -> Path:

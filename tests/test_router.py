@@ -570,18 +570,55 @@ def test_reply_is_ingested_and_routed(router) -> None:
     assert apps["dropgate-scan"].received(reply_id) == []
 
 
-def test_malformed_reply_dead_letters_the_original(router) -> None:
+def test_a_malformed_reply_is_a_502_and_the_retry_gets_through(router) -> None:
+    """Knative's filter answers a reply that does not decode with 502 (filter_handler.go): a failed attempt."""
     apps, url = router["apps"], router["url"]
     event_id = str(uuid.uuid4())
-    apps["dropgate-scan"].plans[event_id] = lambda _n, _r: (200, {"ce-specversion": "1.0", "ce-id": "r"}, b"")
+    apps["dropgate-scan"].plans[event_id] = lambda attempt, _r: (
+        (200, {"ce-specversion": "1.0", "ce-id": "r"}, b"") if attempt == 1 else (204, {}, b""))
     event = CloudEvent({"id": event_id, "type": S3 + "ObjectCreated:Put", "source": "s", "bucket": UPLOADS})
     headers, body = to_binary(event)
     _post(url + "/", dict(headers), body)
     record = _settled(url, event_id)
     scan = next(d for d in record["deliveries"] if d["trigger"] == "dropgate-scan-put")
-    assert scan["outcome"] == "reply-rejected" and len(scan["attempts"]) == 1
-    (line,) = [e for e in _dead_letters(router["dead_letter"]) if e["id"] == event_id]
-    assert line["knativeerrorcode"] == 400 and line["type"] == S3 + "ObjectCreated:Put"
+    assert [a["status"] for a in scan["attempts"]] == [502, 204] and scan["outcome"] == "delivered"
+    assert scan["attempts"][0]["error"].startswith("malformed reply")
+    assert all(entry["id"] != event_id for entry in _dead_letters(router["dead_letter"]))
+
+
+def test_a_reply_that_is_not_a_cloudevent_is_dead_lettered(tmp_path: Path, subscribers) -> None:
+    """A 2xx with a body that is no CloudEvent is a 502, as on Knative: retried, then dead-lettered."""
+    (tmp_path / "m").mkdir()
+    apps = {name: app for name, (app, _) in subscribers.items()}
+    docs = [
+        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "test"}},
+        {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": {"name": "chatty"},
+         "spec": {"broker": "test", "filter": {"attributes": {"type": "test.chatty"}},
+                  "subscriber": {"ref": {"kind": "Service", "name": "dropgate-metadata"}},
+                  "delivery": {"retry": 2, "backoffPolicy": "linear", "backoffDelay": "PT0.1S",
+                               "deadLetterSink": {"uri": subscribers["dropgate-dead-letter"][1].url + "/dlq"}}}},
+    ]
+    (tmp_path / "m" / "objects.yaml").write_text(yaml.safe_dump_all(docs))
+    services = {"dropgate-metadata": subscribers["dropgate-metadata"][1].url}
+    child, url = _start_router(tmp_path, tmp_path / "m", services, name="router-chatty", namespace="default",
+                               broker="test")
+    try:
+        chatty, quiet = str(uuid.uuid4()), str(uuid.uuid4())
+        apps["dropgate-metadata"].plans[chatty] = lambda _n, _r: (200, {"Content-Type": "application/json"},
+                                                                   b'{"expired": 2}')  # expire's old summary
+        apps["dropgate-metadata"].plans[quiet] = lambda _n, _r: (200, {"Content-Type": "application/json"}, b"")
+        _send(url, {"type": "test.chatty", "source": "s"}, event_id=chatty)
+        _send(url, {"type": "test.chatty", "source": "s"}, event_id=quiet)
+        (delivery,) = _settled(url, chatty)["deliveries"]
+        assert [a["status"] for a in delivery["attempts"]] == [502, 502, 502] and delivery["outcome"] == "dead-lettered"
+        assert len(apps["dropgate-metadata"].received(chatty)) == 3
+        (line,) = [e for e in _dead_letters(tmp_path / "dead-letter.jsonl") if e["id"] == chatty]
+        assert line["knativeerrorcode"] == 502
+        assert base64.b64decode(line["knativeerrordata"]).startswith(b"received a non-empty response not recognized")
+        (quiet_delivery,) = _settled(url, quiet)["deliveries"]  # an empty 2xx body is a fine answer
+        assert quiet_delivery["outcome"] == "delivered" and len(quiet_delivery["attempts"]) == 1
+    finally:
+        child.stop()
 
 
 def test_ping_on_demand_reaches_expire(router) -> None:

@@ -2,21 +2,21 @@
 
 Each `dev.knative.sources.ping` runs one bounded pass (shared/retention/expiry.py; docs/expire.md),
 sends a `dev.dropgate.upload.expired` / `.abandoned` CloudEvent per upload to K_SINK, and
-answers 200 with the pass's summary as JSON. The summary is not a CloudEvent on purpose: a
-non-event reply is dropped by the broker, so nothing outside the event contract enters it.
+replies with the pass's summary as a `dev.dropgate.expire.completed` CloudEvent: Knative's
+broker takes a reply only when it is empty or a CloudEvent (anything else is a 502 for it).
 A malformed or foreign event answers 400 (dead-letter sink); the database, storage or the
 sink being down answers 503, and the broker's redelivery runs a pass that resumes the work.
 
 Run: functions-framework --source functions/expire/main.py --target handle
 """
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import functions_framework
 
-from events.types import Ping
+from events.types import PassCompleted, Ping
 from shared.platform import metrics
-from shared.platform.http import CloudEventApp, json_response
+from shared.platform.http import CloudEventApp
 from shared.platform.lifecycle import FunctionInstance
 from shared.retention.expiry import RetentionBounds, run_retention
 
@@ -45,7 +45,9 @@ def run_pass(event):
     metrics.EXPIRE_UPLOADS.labels("object_missing").inc(summary.objects_missing)
     metrics.EXPIRE_OBJECTS_DELETED.inc(summary.objects_deleted)
     metrics.EXPIRE_ORPHANS_DELETED.inc(summary.orphans_deleted)
-    return json_response(200, summary.as_dict())
+    return PassCompleted(id=f"expire-{summary.run_id}", source=f"{settings.events.source}/expire",
+                         time=datetime.now(UTC), task=TASK, run_id=summary.run_id, trigger=ping.id,
+                         summary=summary.as_dict()).to_cloudevent()
 
 
 app = CloudEventApp(run_pass, senders=instance.event_sender, health_checks=instance.health_checks())

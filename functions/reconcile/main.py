@@ -4,20 +4,21 @@ Each `dev.knative.sources.ping` runs one bounded pass (shared/retention/reconcil
 uploads whose storage notification seems lost get their canonical "object created" CloudEvent
 re-emitted to K_SINK (the broker routes it to scan and metadata as storage's own would be), and
 uploads whose re-drives are spent are marked unscannable; when clamd's signature database
-advanced, recent clean files are asked to be scanned again (shared/scanning/rescan.py). The answer is 200 with the pass's summary
-as JSON (not a CloudEvent, so the broker drops it). A malformed or foreign event answers 400
+advanced, recent clean files are asked to be scanned again (shared/scanning/rescan.py). The reply is
+the pass's summary as a `dev.dropgate.reconcile.completed` CloudEvent (Knative's broker takes an
+empty body or a CloudEvent, nothing else). A malformed or foreign event answers 400
 (dead-letter sink); the database, storage or the sink being down answers 503, and the broker's
 redelivery runs a pass that picks the same uploads again.
 
 Run: functions-framework --source functions/reconcile/main.py --target handle
 """
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import functions_framework
 
-from events.types import Ping
-from shared.platform.http import CloudEventApp, json_response
+from events.types import PassCompleted, Ping
+from shared.platform.http import CloudEventApp
 from shared.platform.lifecycle import FunctionInstance
 from shared.retention.reconcile import ReconcileBounds, run_reconcile
 from shared.scanning.rescan import request_rescans
@@ -41,7 +42,9 @@ def run_pass(event):
                             bounds=bounds)
     rescans = request_rescans(instance.db, instance.scanner, instance.sink.send_all, days=settings.reconcile.rescan_days,
                               max_per_run=settings.reconcile.rescan_max_per_run)
-    return json_response(200, {**summary.as_dict(), "rescans": rescans.as_dict()})
+    return PassCompleted(id=f"reconcile-{summary.run_id}", source=f"{settings.events.source}/reconcile",
+                         time=datetime.now(UTC), task=TASK, run_id=summary.run_id, trigger=ping.id,
+                         summary={**summary.as_dict(), "rescans": rescans.as_dict()}).to_cloudevent()
 
 
 # Lost notifications must be re-driven even while clamd is down: clamd is not a readiness check here.

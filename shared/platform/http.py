@@ -311,7 +311,9 @@ class HttpApp:
         raise NotFound(f"no such endpoint: {request.method} {request.path}")
 
 
-CloudEventHandler = Callable[[CloudEvent], "CloudEvent | flask.Response | None"]
+# A handler answers with a CloudEvent or nothing: Knative's broker takes a 2xx reply only when its body
+# is empty or a CloudEvent (knative/eventing pkg/broker/filter/filter_handler.go writeResponse).
+CloudEventHandler = Callable[[CloudEvent], "CloudEvent | None"]
 # `Authorization` header -> the sender's subject, or Unauthorized / Forbidden (shared/platform/auth.py).
 SenderCheck = Callable[[str | None], str]
 
@@ -374,8 +376,6 @@ class CloudEventApp:
             return unexpected_error_response(request, exc)
         if reply is None:
             return flask.Response(status=204)
-        if isinstance(reply, flask.Response):
-            return reply  # a handler whose answer is not an event (expire's summary); the broker drops it
         headers, body = to_binary(tracing.with_traceparent(reply))
         return flask.Response(body, status=200, headers=headers)
 
