@@ -169,7 +169,8 @@ def backoff_delays(delivery: DeliverySpec | None) -> list[float]:
 
 
 def should_retry(status: int | None) -> bool:
-    """Knative's SelectiveRetry: connection errors, 5xx, 404, 408, 409 and 429 are retried; nothing else.
+    """Knative's SelectiveRetry (knative/eventing pkg/kncloudevents/retries.go): connection errors,
+    5xx, 404, 408, 409 and 429 are retried; nothing else.
 
     `status` is None when no HTTP response came back (refused, reset, timed out).
     404 is retried because a Knative Service answers it while its pod becomes ready.
