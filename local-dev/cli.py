@@ -106,13 +106,19 @@ def _token(args: argparse.Namespace) -> int:
 
 def _event_token(args: argparse.Namespace) -> int:
     """What the local broker presents to a function (or, with --sub/--audience, any other sender)."""
-    from dropgate_local.stack import LocalStack, StackPorts
+    from dropgate_local.identity import (
+        ClusterIssuer,
+        cluster_issuer_url,
+        event_token,
+        function_identities,
+    )
+    from dropgate_local.router import load_manifests
+    from dropgate_local.stack import HOST, SOURCE_DIR, service_name
 
-    ports = _load_state(args.data_dir)["ports"]
-    stack = LocalStack(args.data_dir, StackPorts.fixed())
-    stack.ports = StackPorts(dev_oidc=ports["dev_oidc"], router=ports["router"], web=ports["web"],
-                             clamd=ports["clamd"], functions=ports["functions"], seaweed=stack.ports.seaweed)
-    print(stack.event_token(args.function, subject=args.sub, audience=args.audience, ttl_seconds=args.ttl))
+    issuer = ClusterIssuer(args.data_dir, cluster_issuer_url(HOST, _load_state(args.data_dir)["ports"]["dev_oidc"]))
+    identity = function_identities(load_manifests(SOURCE_DIR / "manifests" / "overlays" / "dev"))[
+        service_name(args.function)]
+    print(event_token(issuer, identity, subject_=args.sub, audience=args.audience, ttl_seconds=args.ttl))
     return 0
 
 

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Final
 
 from dropgate_local.devauth import DevSigningKey
+from shared.platform.auth import (
+    subject_allowed,  # pkg/auth/event_policy.go SubjectContained: one copy
+)
 
 CLUSTER_ISSUER_PATH: Final = "/cluster"
 SERVICE_ACCOUNT_PREFIX: Final = "system:serviceaccount"
@@ -89,13 +92,6 @@ def subscription_subject(namespace: str, broker: str, trigger: str) -> str:
 
 def broker_audience(namespace: str, broker: str) -> str:
     return f"eventing.knative.dev/broker/{namespace}/{broker}".lower()
-
-
-def subject_allowed(candidate: str, allowed: Iterable[str]) -> bool:
-    """pkg/auth/event_policy.go SubjectContained; the functions use shared.platform.auth's copy of the rule."""
-    from shared.platform.auth import subject_allowed as allowed_by_policy
-
-    return allowed_by_policy(candidate, allowed)
 
 
 # -- EventPolicy --
@@ -186,6 +182,24 @@ def function_identities(documents: Iterable[Mapping | None]) -> dict[str, Functi
                                    sink_subject=sinks.get(name, (None, None))[0],
                                    sink_audience=sinks.get(name, (None, None))[1])
             for name, env in env_of.items()}
+
+
+def write_token(path: Path, token: str) -> None:
+    """Replace a token file at once (a reader never sees half a token), readable by its owner only:
+    what kubelet does with a projected token, and Knative with a SinkBinding's /oidc/token."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(token)
+    partial.chmod(0o600)
+    partial.replace(path)
+
+
+def event_token(issuer: ClusterIssuer, identity: FunctionIdentity, *, subject_: str | None = None,
+                audience: str | None = None, ttl_seconds: int = TOKEN_TTL_SECONDS) -> str:
+    """What the broker presents to this function: its first Trigger's token, for its audience;
+    `subject_`/`audience` forge another sender (tests, `dropgate-dev event-token`)."""
+    senders = (identity.senders or "").split(",")
+    return issuer.mint(subject_ or senders[0], audience or identity.audience or "", ttl_seconds=ttl_seconds)
 
 
 class ClusterIssuer:

@@ -103,8 +103,8 @@ def operator_token_file(data_dir: Path, dev_oidc_port: int) -> Path:
         broker_audience,
         cluster_issuer_url,
         subject,
+        write_token,
     )
-    from dropgate_local.stack import write_token
 
     path = data_dir / "tokens" / f"{OPERATOR_SERVICE_ACCOUNT}.token"
     issuer = ClusterIssuer(data_dir, cluster_issuer_url("127.0.0.1", dev_oidc_port))

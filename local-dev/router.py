@@ -73,6 +73,7 @@ from dropgate_local.identity import (
     ping_source_subject,
     policies_from_manifests,
     subscription_subject,
+    write_token,
 )
 from dropgate_local.routing import (
     PING_EVENT_TYPE,
@@ -204,7 +205,7 @@ class LocalBroker:
         if ping.sink.kind == "Broker" and ping.sink.name in self.table.brokers:
             # The PingSource posts to the ingress as its own service account; EventPolicies decide.
             sender = ping_source_subject(ping.namespace or "default", ping.name)
-            if not broker_admits(self.identity.policies, ping.sink.name, self._namespace(ping.sink.name), sender):
+            if not broker_admits(self.identity.policies, ping.sink.name, self.namespace_of(ping.sink.name), sender):
                 record = {"id": attributes["id"], "type": PING_EVENT_TYPE, "source": ping.event_source,
                           "subject": None, "origin": f"ping:{ping.name}", "broker": ping.sink.name,
                           "received_at": _now(), "attributes": _attributes(event), "deliveries": [],
@@ -225,7 +226,7 @@ class LocalBroker:
             self._pool.submit(self._post_once, url, event, record["deliveries"][0], headers)
         return record
 
-    def _namespace(self, broker: str) -> str:
+    def namespace_of(self, broker: str) -> str:
         info = self.table.brokers.get(broker)
         return (info.namespace if info else None) or "default"
 
@@ -281,7 +282,7 @@ class LocalBroker:
         if reply is None:
             return False  # an empty answer: nothing to publish
         sender = subscription_subject(route.namespace or "default", route.broker, route.name)
-        if not broker_admits(self.identity.policies, route.broker, self._namespace(route.broker), sender):
+        if not broker_admits(self.identity.policies, route.broker, self.namespace_of(route.broker), sender):
             # The channel posts the reply to the ingress as the Trigger's Subscription; a 403 there fails
             # the delivery, which Knative retries and then dead-letters like any other failure.
             self._dead_letter(route, event, entry, dest=self.ingress_url or "broker", code=403,
@@ -360,6 +361,11 @@ class LocalBroker:
             for ping in self.table.pings:
                 if ping.is_due(minute):
                     self.fire_ping(ping)
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the broker stops; background work (schedules, token renewal) ends with it."""
+        return self._stopping
 
     def stop(self) -> None:
         self._stopping.set()
@@ -514,7 +520,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         broker_name = broker or next(iter(self.broker.table.brokers), "default")
         refusal = self.broker.identity.ingress_refusal(self.headers.get("Authorization"),
-                                                       self.broker._namespace(broker_name), broker_name)  # noqa: SLF001
+                                                       self.broker.namespace_of(broker_name), broker_name)
         if refusal is not None:
             self.broker.metrics.refused.labels(str(refusal[0])).inc()
             _log("ingress refused", status=refusal[0], detail=refusal[1], ce_id=self.headers.get("ce-id"))
@@ -545,8 +551,6 @@ class _Handler(BaseHTTPRequestHandler):
 def renew_sink_tokens(issuer: ClusterIssuer, identities: Mapping[str, FunctionIdentity], token_dir: Path,
                       stopping: threading.Event, every_seconds: float = 600) -> None:
     """Knative's SinkBinding keeps a fresh token in each subject's /oidc/token; these files are the local ones."""
-    from dropgate_local.stack import write_token
-
     while True:
         for name, identity in identities.items():
             if identity.sink_subject and identity.sink_audience:
@@ -614,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=broker.run_schedules, name="pingsources", daemon=True).start()
     if args.token_dir is not None:
         threading.Thread(target=renew_sink_tokens, args=(identity.issuer, function_identities(documents),
-                                                         args.token_dir, broker._stopping),  # noqa: SLF001
+                                                         args.token_dir, broker.stopping),
                          name="sink-tokens", daemon=True).start()
 
     def on_signal(signum: int, _frame: object) -> None:

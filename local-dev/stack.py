@@ -14,6 +14,7 @@ The test suite starts the same pieces on free ports in a temporary folder;
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -36,6 +37,9 @@ from dropgate_local.identity import (
     FunctionIdentity,
     cluster_issuer_url,
     cluster_jwks_url,
+    event_token,
+    function_identities,
+    write_token,
 )
 from dropgate_local.postgres import EmbeddedPostgres
 from dropgate_local.processes import ChildProcess, StartupError, free_port, http_ok
@@ -174,28 +178,23 @@ class LocalStack:
     def cluster_issuer(self) -> ClusterIssuer:
         return ClusterIssuer(self.data_dir, cluster_issuer_url(HOST, self.ports.dev_oidc))
 
+    @functools.cached_property
     def identities(self) -> dict[str, FunctionIdentity]:
         """Each function's audience, senders and SinkBinding identity, as the dev overlay's manifests say."""
-        if not hasattr(self, "_identities"):
-            from dropgate_local.identity import function_identities
-            from dropgate_local.router import load_manifests
+        from dropgate_local.router import load_manifests
 
-            self._identities = function_identities(load_manifests(SOURCE_DIR / "manifests" / "overlays" / "dev"))
-        return self._identities
+        return function_identities(load_manifests(SOURCE_DIR / "manifests" / "overlays" / "dev"))
 
     def event_token(self, name: str, *, subject: str | None = None, audience: str | None = None,
                     ttl_seconds: int = 3600) -> str:
-        """A token as the broker presents it to function `name` (as its first Trigger, for its audience);
-        `subject`/`audience` forge other senders for tests and for `dropgate-dev event-token`."""
-        identity = self.identities()[service_name(name)]
-        senders = (identity.senders or "").split(",")
-        return self.cluster_issuer.mint(subject or senders[0], audience or identity.audience or "",
-                                        ttl_seconds=ttl_seconds)
+        """A token as the broker presents it to function `name` (identity.event_token)."""
+        return event_token(self.cluster_issuer, self.identities[service_name(name)], subject_=subject,
+                           audience=audience, ttl_seconds=ttl_seconds)
 
     def sink_token_file(self, name: str) -> Path | None:
         """The token function `name` presents to the broker (its SinkBinding's), written as Knative would
         mount it at /oidc/token; the router renews these files. None for a function that emits nothing."""
-        identity = self.identities().get(service_name(name))
+        identity = self.identities.get(service_name(name))
         if identity is None or identity.sink_subject is None:
             return None
         path = self.data_dir / "tokens" / f"{service_name(name)}.token"
@@ -304,7 +303,7 @@ class LocalStack:
 
     def identity_env(self, name: str) -> dict[str, str]:
         """The manifests' event audience and senders of function `name`, and where its sink token is."""
-        identity = self.identities().get(service_name(name))
+        identity = self.identities.get(service_name(name))
         env: dict[str, str] = {}
         if identity is not None and identity.audience:
             self.start_dev_oidc()  # the receiver fetches the cluster issuer's keys from it
@@ -368,15 +367,6 @@ class LocalStack:
 def service_name(function: str) -> str:
     """`storage_events` -> `dropgate-storage-events`, the Knative Service's name."""
     return "dropgate-" + function.replace("_", "-")
-
-
-def write_token(path: Path, token: str) -> None:
-    """Replace the file at once (a reader never sees half a token), readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(token)
-    partial.chmod(0o600)
-    partial.replace(path)
 
 
 def tls_files(env) -> tuple[str, str] | None:  # noqa: ANN001 - any mapping

@@ -162,7 +162,7 @@ def test_forged_object_created_moves_nothing_and_the_owner_still_finishes(
     trigger = {"scan": "dropgate-scan-multipart", "metadata": "dropgate-metadata-uploads-multipart"}
     for function, trigger_name in trigger.items():
         url = running_functions[function]
-        audience = stack.identities()[f"dropgate-{function}"].audience
+        audience = stack.identities[f"dropgate-{function}"].audience
         for how, (forged_token, status) in forged_tokens(stack, audience, trigger_subject(NAMESPACE, trigger_name)).items():
             counted = refused_count(url, status)
             answer = post(url, forged, forged_token)
@@ -190,7 +190,7 @@ def test_forged_object_created_moves_nothing_and_the_owner_still_finishes(
 @pytest.mark.parametrize("function", ["expire", "reconcile"])
 def test_a_forged_ping_runs_no_pass(running_functions, stack, function: str) -> None:
     url = running_functions[function]
-    audience = stack.identities()[f"dropgate-{function}"].audience
+    audience = stack.identities[f"dropgate-{function}"].audience
     ping = Ping(id=uuid.uuid4().hex, source=f"/apis/v1/namespaces/{NAMESPACE}/pingsources/dropgate-{function}",
                 time=datetime.now(UTC), task=function).to_cloudevent()
     def passes_run() -> float:

@@ -59,6 +59,13 @@ def bearer_token(authorization: str | None) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
+def bearer_from_file(path: str) -> dict[str, str]:
+    """`Authorization: Bearer` with the token in `path`, read now: kubelet rewrites a projected
+    service-account token before it expires (at 80% of its lifetime), so it is never cached. OSError
+    when the file cannot be read."""
+    return {"Authorization": f"Bearer {Path(path).read_text().strip()}"}
+
+
 def holds_secret(authorization: str | None, secret: str) -> bool:
     """Whether the header carries exactly `secret` as its bearer token; compared in constant time."""
     token = bearer_token(authorization)
@@ -110,7 +117,7 @@ class _JwksClient(jwt.PyJWKClient):
 
     def fetch_data(self) -> Any:
         if self._token_file:
-            self.headers = {"Authorization": f"Bearer {Path(self._token_file).read_text().strip()}"}
+            self.headers = bearer_from_file(self._token_file)
         return super().fetch_data()
 
 

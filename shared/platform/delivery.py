@@ -18,13 +18,13 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Final
 
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from shared.platform import metrics, tracing
+from shared.platform.auth import bearer_from_file
 from shared.platform.errors import ApiError, DependencyUnavailable
 from shared.platform.logs import log_event
 from shared.platform.settings import EventSettings
@@ -76,16 +76,13 @@ class EventSink:
         return cls(events.sink_url, timeout=timeout, token_file=events.sink_token_file)
 
     def _authorization(self) -> dict[str, str]:
-        """`Authorization: Bearer` from the token file, read at each send: kubelet rewrites a projected
-        service-account token before it expires (Kubernetes refreshes it at 80% of its lifetime)."""
         if not self._token_file:
             return {}
         try:
-            token = Path(self._token_file).read_text().strip()
+            return bearer_from_file(self._token_file)
         except OSError as exc:
             raise SinkNotConfigured(f"cannot read the sink token {self._token_file}: {exc.strerror}",
                                     headers={"Retry-After": "30"}) from None
-        return {"Authorization": f"Bearer {token}"}
 
     def send(self, event: CloudEvent) -> None:
         if not self.url:
