@@ -25,6 +25,7 @@ from dropgate_local.processes import free_port
 from dropgate_local.stack import HOST, UPLOADS_BUCKET, LocalStack
 from dropgate_local.webserver import DIST_DIR, BundleMissing, check_bundle
 from shared.platform.storage import create_s3_client
+from tests import evasions
 from tests.browser.relay import RecordingRelay
 from tests.browser.uploader_page import (
     CHROMIUM,
@@ -175,20 +176,37 @@ def test_a_dropped_50_mb_file_goes_straight_to_storage_scans_clean_and_downloads
     assert sha256_of(downloaded) == digest
 
 
+def upload_until_verdict(site: Site, browser, path: Path, verdict: str) -> UploaderPage:  # noqa: ANN001
+    """Sign in, drop `path`, upload it and wait until "Your files" shows `verdict` for it."""
+    page = UploaderPage(browser.pages[0] if browser.pages else browser.new_page(), site.url).open()
+    page.sign_in(user())
+    page.drop(path)
+    page.start_upload()
+    page.wait_for_status(path.name, ("uploaded", "scanning", verdict), timeout=60)
+    wait_for_verdict(site, page, path.name, verdict)
+    return page
+
+
 def test_an_eicar_file_ends_infected_with_no_download(site: Site, browser, tmp_path: Path) -> None:
     name = f"eicar-{uuid.uuid4().hex[:6]}.txt"
     (tmp_path / name).write_bytes(EICAR)
-    page = UploaderPage(browser.pages[0] if browser.pages else browser.new_page(), site.url).open()
-    page.sign_in(user())
-    page.drop(tmp_path / name)
-    page.start_upload()
-    page.wait_for_status(name, ("uploaded", "scanning", "infected"), timeout=60)
-
-    wait_for_verdict(site, page, name, "infected")
+    page = upload_until_verdict(site, browser, tmp_path / name, "infected")
     row = page.row(name)
     assert row.locator("button[data-action=download]").count() == 0
     assert "Infected" in row.inner_text() and "virus was found" in row.inner_text()
     page.screenshot("05-infected")
+
+
+def test_an_archive_too_deep_to_check_is_shown_unscannable_with_why_and_no_download(site: Site, browser,
+                                                                                   tmp_path: Path) -> None:
+    name = f"nested-{uuid.uuid4().hex[:6]}.zip"
+    (tmp_path / name).write_bytes(evasions.nested_zip(18))  # one level past clamd's MaxRecursion (17)
+    page = upload_until_verdict(site, browser, tmp_path / name, "unscannable")
+    row = page.row(name)
+    assert row.locator("button[data-action=download]").count() == 0
+    text = row.inner_text()
+    assert "Could not be checked" in text and "nested deeper than 17 levels" in text, text
+    page.screenshot("05b-unscannable")
 
 
 def test_a_reload_mid_upload_resumes_without_resending_finished_parts(site: Site, browser, s3, tmp_path: Path) -> None:

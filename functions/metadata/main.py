@@ -1,7 +1,8 @@
 """metadata: records what storage reports about each object, idempotently.
 
 Consumes com.amazonaws.s3.ObjectCreated:* / ObjectRemoved:* CloudEvents (both buckets) and
-replies with dev.dropgate.metadata.recorded when an upload's record changed. Rules:
+replies with dev.dropgate.metadata.recorded when an upload's record changed. What storage
+contradicts (HEAD) changes nothing and is audited. Rules:
 shared/uploads/storage_facts.py; event shapes: events/types.py.
 
 Run: functions-framework --source functions/metadata/main.py --target handle
@@ -14,12 +15,12 @@ from shared.platform.http import CloudEventApp
 from shared.platform.lifecycle import FunctionInstance
 from shared.uploads.storage_facts import MetadataRecorder
 
-instance = FunctionInstance("metadata", ["database", "events", "event_auth", "observability"])
+instance = FunctionInstance("metadata", ["storage", "database", "events", "event_auth", "observability"])
 
 
 def recorder() -> MetadataRecorder:
     return instance.once("recorder", lambda: MetadataRecorder(
-        instance.db, source=f"{instance.settings.events.source}/metadata"))
+        instance.db, instance.s3, source=f"{instance.settings.events.source}/metadata"))
 
 
 def handle_event(event):

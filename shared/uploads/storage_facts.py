@@ -11,7 +11,14 @@ applied in one transaction that:
 3. applies the event only if it is newer than what that row holds
    (`is_newer`): a creation must be strictly newer, a removal may carry the same
    sequencer as the creation it removes (SeaweedFS removals do);
-4. mirrors an applied event at the upload's own location onto `uploads`
+4. applies nothing that storage contradicts (`disagreement`): before the
+   transaction the object is looked up in storage (HEAD, by version id when
+   the event names one). A creation whose object is absent, or whose size or
+   ETag differ, and a removal whose key still names an object change nothing:
+   the event is recorded as `disagreed` and audited as
+   `storage.event_disagreed_with_storage` (a forged event, or one overtaken by a
+   later change whose own event brings the final state);
+5. mirrors an applied event at the upload's own location onto `uploads`
    (stored_size, etag, stored_content_type, storage_sequencer,
    storage_event_time; `pending` becomes `uploaded`; no later status ever goes
    back), and writes one audit entry per change.
@@ -29,6 +36,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 from psycopg_pool import ConnectionPool
 
 from events.notifications import digest
@@ -37,6 +46,7 @@ from events.wire import is_hex
 from shared.platform import audit
 from shared.platform.audit import Actor
 from shared.platform.logs import log_event
+from shared.platform.storage import is_missing
 from shared.uploads.model import UploadRow, upload_row
 
 logger = logging.getLogger("dropgate.metadata")
@@ -47,6 +57,7 @@ ACTOR: Final = Actor.system(CONSUMER)
 APPLIED: Final = "applied"  # the event changed what dropgate knows about an upload's object
 ORPHAN: Final = "orphan"  # applied, but no upload owns the object
 STALE: Final = "stale"  # older than what is recorded: nothing changed
+DISAGREED: Final = "disagreed"  # storage contradicts the event: nothing changed, audited
 
 
 def is_newer(event_sequencer: str | None, event_time: datetime, stored_sequencer: str | None,
@@ -65,20 +76,72 @@ def is_newer(event_sequencer: str | None, event_time: datetime, stored_sequencer
 
 
 @dataclass(frozen=True)
+class StoredObject:
+    """What storage answers to HEAD for a key (or one version of it)."""
+
+    size: int
+    etag: str | None  # without quotes, as events carry it
+    version_id: str | None
+
+
+def stored_object(s3: BaseClient, bucket: str, key: str, version_id: str | None = None) -> StoredObject | None:
+    """The object at bucket/key (that version, if given) as storage has it now; None when it is not there.
+
+    Storage errors other than "not there" propagate: a 5xx or an unreachable
+    endpoint answers 503 (shared.platform.http) and the broker delivers again.
+    """
+    arguments = {"Bucket": bucket, "Key": key}
+    if version_id and version_id != "null":  # "null" names the unversioned object; plain HEAD finds it
+        arguments["VersionId"] = version_id
+    try:
+        head = s3.head_object(**arguments)
+    except ClientError as exc:
+        if is_missing(exc):
+            return None
+        raise
+    etag = head.get("ETag")
+    return StoredObject(size=int(head["ContentLength"]), etag=etag.strip('"') if etag else None,
+                        version_id=head.get("VersionId"))
+
+
+def disagreement(event: StorageObjectEvent, stored: StoredObject | None) -> str | None:
+    """Why storage contradicts the event (None when it does not): the one rule of what metadata may believe.
+
+    A removal says the key names no object; a creation says it names one of
+    the event's size and ETag (compared only where the event states them, and
+    case-insensitively: S3 ETags are hex digests).
+    """
+    if event.is_removal:
+        return "storage still holds an object at this key" if stored is not None else None
+    if stored is None:
+        return f"storage holds no {'such version' if event.version_id else 'object'} at this key"
+    if event.size is not None and stored.size != event.size:
+        return f"storage holds {stored.size} bytes, the event says {event.size}"
+    if event.etag and stored.etag and stored.etag.lower() != event.etag.lower():
+        return f"storage's ETag is {stored.etag}, the event says {event.etag}"
+    return None
+
+
+@dataclass(frozen=True)
 class Recorded:
-    outcome: str  # APPLIED, ORPHAN or STALE (for a duplicate: the outcome of its first delivery)
+    outcome: str  # APPLIED, ORPHAN, STALE or DISAGREED (for a duplicate: the outcome of its first delivery)
     duplicate: bool
     upload: UploadRow | None  # the upload row after the change
     location: dict[str, Any] | None  # the storage_objects row after the change
 
 
 class MetadataRecorder:
-    def __init__(self, pool: ConnectionPool, *, source: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(self, pool: ConnectionPool, s3: BaseClient, *, source: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self._pool = pool
+        self._s3 = s3
         self._source = source  # CloudEvents source of the replies, "<DROPGATE_EVENT_SOURCE>/metadata"
         self._clock = clock
 
     def record(self, event: StorageObjectEvent) -> Recorded:
+        # Asked before the transaction, so no row lock waits on storage. What storage says a few
+        # milliseconds before the locks is as good as after: every later change has an event of its own.
+        contradiction = disagreement(event, stored_object(self._s3, event.bucket, event.key, event.version_id))
         with self._pool.connection() as conn, conn.transaction():
             claimed = conn.execute(
                 "INSERT INTO processed_events (consumer, event_id, event_type, outcome) VALUES (%s, %s, %s, %s)"
@@ -87,7 +150,7 @@ class MetadataRecorder:
             if claimed is None:
                 return self._duplicate(conn, event)
             upload = _find_upload(conn, event.bucket, event.key)
-            recorded = self._apply(conn, event, upload)
+            recorded = self._apply(conn, event, upload, contradiction)
             conn.execute("UPDATE processed_events SET outcome = %s WHERE consumer = %s AND event_id = %s",
                          (recorded.outcome, CONSUMER, event.id))
         log_event(logger, "storage event recorded", event_id=event.id, event_type=event.type, bucket=event.bucket,
@@ -122,9 +185,13 @@ class MetadataRecorder:
         return Recorded(outcome=outcome, duplicate=True, upload=_find_upload(conn, event.bucket, event.key, lock=False),
                         location=_location(conn, event.bucket, event.key, lock=False))
 
-    def _apply(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: UploadRow | None) -> Recorded:
+    def _apply(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: UploadRow | None,
+               contradiction: str | None) -> Recorded:
         upload_id = upload.id if upload else None
         location = _location(conn, event.bucket, event.key, lock=True)
+        if contradiction is not None and (location is None or is_newer(
+                event.sequencer, event.time, location["sequencer"], location["event_time"], removal=event.is_removal)):
+            return self._disagreed(conn, event, upload, location, contradiction)
         if location is None:
             location = conn.execute(
                 "INSERT INTO storage_objects (bucket, object_key, upload_id, present, size, etag, content_type,"
@@ -161,11 +228,18 @@ class MetadataRecorder:
                  event.time, event.id, event.type, event.bucket, event.key)).fetchone()
         return self._applied(conn, event, upload, location)
 
+    def _disagreed(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: UploadRow | None,
+                   location: dict[str, Any] | None, contradiction: str) -> Recorded:
+        log_event(logger, "storage event disagrees with storage", logging.WARNING, event_id=event.id,
+                  event_type=event.type, bucket=event.bucket, key=event.key, reason=contradiction,
+                  upload_id=str(upload.id) if upload else None)
+        audit.record(conn, ACTOR, "storage.event_disagreed_with_storage", upload.id if upload else None,
+                     reason=contradiction, **_event_detail(event))
+        return Recorded(outcome=DISAGREED, duplicate=False, upload=upload, location=location)
+
     def _applied(self, conn: psycopg.Connection, event: StorageObjectEvent, upload: UploadRow | None,
                  location: dict[str, Any]) -> Recorded:
-        detail = {"event_id": event.id, "type": event.type, "bucket": event.bucket, "key": event.key,
-                  "size": event.size, "etag": event.etag, "sequencer": event.sequencer,
-                  "event_time": event.time.isoformat()}
+        detail = _event_detail(event)
         if upload is None:
             audit.record(conn, ACTOR, "storage.orphan_removed" if event.is_removal else "storage.orphan_recorded",
                          None, **detail)
@@ -194,6 +268,11 @@ class MetadataRecorder:
         audit.record(conn, ACTOR, "storage.object_recorded", upload.id, status_before=before,
                      status=upload.status, **detail)
         return Recorded(outcome=APPLIED, duplicate=False, upload=upload, location=location)
+
+
+def _event_detail(event: StorageObjectEvent) -> dict[str, Any]:
+    return {"event_id": event.id, "type": event.type, "bucket": event.bucket, "key": event.key, "size": event.size,
+            "etag": event.etag, "sequencer": event.sequencer, "event_time": event.time.isoformat()}
 
 
 def _find_upload(conn: psycopg.Connection, bucket: str, key: str, *, lock: bool = True) -> UploadRow | None:

@@ -1,7 +1,10 @@
 // "Your files": GET /files?mine, polled while anything is still moving, with a download
-// button once the scan said clean (GET /files/{id}/download answers a short-lived URL).
+// button once the scan said clean or an admin released the file (GET /files/{id}/download answers a
+// short-lived URL). Which statuses are downloadable is presign's rule (shared/uploads/model.py DOWNLOADABLE).
 
 import { describeError, formatBytes, STATUS_LABELS, statusExplanation } from './messages.js'
+
+const DOWNLOADABLE = new Set(['clean', 'released'])
 
 const MOVING = new Set(['pending', 'uploaded', 'scanning'])
 const FAST_POLL_MS = 1500
@@ -104,7 +107,7 @@ export class FileList {
     when.textContent = new Date(file.completed_at ?? file.created_at).toLocaleString()
 
     const action = document.createElement('td')
-    if (file.status === 'clean') {
+    if (DOWNLOADABLE.has(file.status)) {
       const button = document.createElement('button')
       button.type = 'button'
       button.className = 'download'

@@ -29,7 +29,8 @@ export const STATUS_LABELS = {
   clean: 'Ready to download',
   infected: 'Infected: blocked',
   rejected: 'Rejected',
-  failed: 'Could not be checked',
+  unscannable: 'Could not be checked',
+  released: 'Released by an admin',
   aborted: 'Cancelled',
   abandoned: 'Never finished',
   expired: 'Expired',
@@ -47,8 +48,11 @@ export function statusExplanation(file) {
       return `A virus was found${file.scan_verdict && file.scan_verdict !== 'infected' ? ` (${file.scan_verdict})` : ''}. The file was quarantined and will not be served.`
     case 'rejected':
       return `The file was refused: ${file.status_reason || 'it is not what it claimed to be'}.`
-    case 'failed':
-      return 'The virus check could not finish (the file may be too large to check), so it will not be served.'
+    case 'unscannable':
+      // scan_detail says what stopped the check, e.g. "archive nested deeper than 17 levels".
+      return `The virus check could not look at all of it${file.scan_detail ? ` (${file.scan_detail})` : ''}, so it will not be served.`
+    case 'released':
+      return 'The virus check could not clear it, and an administrator released it for download.'
     case 'aborted':
       return 'The upload was cancelled.'
     case 'abandoned':
