@@ -10,7 +10,9 @@ says how it mirrors Knative and where it differs.
 * Each accepted event goes to every Trigger whose `filter.attributes` it
   matches, on a worker thread: binary mode, `Prefer: reply`, the Trigger's
   `delivery` (retries with linear/exponential backoff on connection errors,
-  5xx, 404, 408, 409 and 429, per-request timeout), then the dead-letter sink:
+  5xx, 404, 408, 409 and 429, per-request timeout), then the dead-letter sink.
+  An attempt also ends where Knative's queue-proxy would end it: at the subscriber
+  Service's timeoutSeconds / responseStartTimeoutSeconds (504, retried):
   a line in the `--dead-letter` file and, when the sink names a local service,
   a POST to it, with the knativeerrorcode/-dest/-data extensions.
 * A subscriber's 2xx reply that carries a CloudEvent goes back into the Broker.
@@ -75,6 +77,7 @@ from dropgate_local.identity import (
     subscription_subject,
     write_token,
 )
+from dropgate_local.platform_limits import KNATIVE_SERVICE, ServiceTimeouts, kind_of
 from dropgate_local.routing import (
     PING_EVENT_TYPE,
     PingSchedule,
@@ -86,7 +89,12 @@ from dropgate_local.routing import (
 
 SOURCE_DIR = Path(os.environ.get("DROPGATE_SOURCE_DIR", Path(__file__).resolve().parents[1]))
 DEFAULT_MANIFESTS = SOURCE_DIR / "manifests" / "overlays" / "dev"
-DEFAULT_TIMEOUT_SECONDS = 900.0  # a Trigger without delivery.timeout: long enough for any dropgate function
+# A subscriber that is no Knative Service of the manifests and a Trigger without delivery.timeout: Knative's
+# dispatcher then sets no per-request timeout (pkg/kncloudevents/retries.go RequestTimeout stays 0).
+DEFAULT_TIMEOUT_SECONDS = 900.0
+# What Knative's queue-proxy answers when a request outlives its Revision's timeoutSeconds or
+# responseStartTimeoutSeconds (pkg/reconciler/revision/resources/queue.go hands both to it).
+SERVICE_TIMEOUT_STATUS: Final = HTTPStatus.GATEWAY_TIMEOUT.value
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 TTL_EXTENSION = "knativebrokerttl"  # Knative's loop guard: replies of replies stop after 255 hops
 TTL_DEFAULT = 255
@@ -154,8 +162,10 @@ class LocalBroker:
     """Accepts events, routes them by the Triggers, delivers with retries, records what happened."""
 
     def __init__(self, table: RoutingTable, services: Mapping[str, str], *, dead_letter_file: Path | None,
-                 identity: BrokerIdentity, workers: int = 16, history: int = 1000):
+                 identity: BrokerIdentity, workers: int = 16, history: int = 1000,
+                 service_timeouts: Mapping[str, ServiceTimeouts] | None = None):
         self.table = table
+        self.service_timeouts = dict(service_timeouts or {})  # Knative Service name -> its request limits
         self.identity = identity
         self.services = dict(services)
         self.dead_letter_file = dead_letter_file
@@ -247,7 +257,8 @@ class LocalBroker:
             return
         delivery = route.delivery
         delays = backoff_delays(delivery)
-        timeout = delivery.timeout.total_seconds() if delivery and delivery.timeout else DEFAULT_TIMEOUT_SECONDS
+        timeout, cut_by_service = attempt_limit(delivery.timeout.total_seconds() if delivery and delivery.timeout
+                                                else None, self.service_timeouts.get(route.subscriber_service or ""))
         structured = bool(delivery and delivery.format == "json")
         outgoing = _without(event, TTL_EXTENSION)
         for attempt in range(len(delays) + 1):
@@ -255,6 +266,10 @@ class LocalBroker:
             identity = self.identity.delivery_headers(route.namespace or "default", route.name, route.subscriber.audience)
             status, headers, body, error = _post(url, outgoing, timeout=timeout, structured=structured,
                                                  extra_headers={"Prefer": "reply", **identity})
+            if status is None and cut_by_service and error and error.startswith("TimeoutError"):
+                # The Service's own limit came first: its queue-proxy answers 504, the broker retries.
+                status, body = SERVICE_TIMEOUT_STATUS, f"cut off after {timeout:g} s by the Service's timeout".encode()
+                error = body.decode()
             with self._lock:
                 entry["attempts"].append({"at": _now(), "status": status, "error": error})
             if attempt:
@@ -370,6 +385,23 @@ class LocalBroker:
     def stop(self) -> None:
         self._stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def attempt_limit(trigger_timeout: float | None, service: ServiceTimeouts | None) -> tuple[float, bool]:
+    """How long one delivery attempt may run, and whether the Service's limit (not the Trigger's) ends it.
+
+    dropgate's functions answer when their work is done, so the first byte and the last come
+    together: the queue-proxy's response-start timeout and request timeout both bound an attempt.
+    """
+    service_limit = float(service.answer_within_seconds) if service else None
+    if service_limit is not None and (trigger_timeout is None or service_limit < trigger_timeout):
+        return service_limit, True
+    return (trigger_timeout if trigger_timeout is not None else DEFAULT_TIMEOUT_SECONDS), False
+
+
+def service_timeouts(documents: list[dict]) -> dict[str, ServiceTimeouts]:
+    """The request limits of every Knative Service in the manifests, with Knative's defaults filled in."""
+    return {doc["metadata"]["name"]: ServiceTimeouts.of(doc) for doc in documents if kind_of(doc) == KNATIVE_SERVICE}
 
 
 def _post(url: str, event: CloudEvent, *, timeout: float, structured: bool = False,
@@ -610,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     identity = BrokerIdentity(ClusterIssuer(args.data_dir, args.cluster_issuer), policies)
     broker = LocalBroker(table, args.services, dead_letter_file=args.dead_letter, identity=identity,
-                         workers=args.workers)
+                         workers=args.workers, service_timeouts=service_timeouts(documents))
     handler = type("Handler", (_Handler,), {"broker": broker})
     server = ThreadingHTTPServer((args.host, args.port), handler)
     server.daemon_threads = True

@@ -328,7 +328,7 @@ def subscribers() -> Iterator[dict[str, tuple[Subscriber, WSGIServer]]]:
     servers = {}
     for name in ("dropgate-scan", "dropgate-metadata", "dropgate-expire", "dropgate-dead-letter"):
         app = Subscriber(name)
-        server = WSGIServer(application=app)
+        server = WSGIServer(application=app, threaded=True)  # a retry must not queue behind a slow attempt
         server.start()
         servers[name] = (app, server)
     yield servers
@@ -617,6 +617,61 @@ def test_a_reply_that_is_not_a_cloudevent_is_dead_lettered(tmp_path: Path, subsc
         assert base64.b64decode(line["knativeerrordata"]).startswith(b"received a non-empty response not recognized")
         (quiet_delivery,) = _settled(url, quiet)["deliveries"]  # an empty 2xx body is a fine answer
         assert quiet_delivery["outcome"] == "delivered" and len(quiet_delivery["attempts"]) == 1
+    finally:
+        child.stop()
+
+
+def _slow_then(seconds: float, status: int) -> Plan:
+    """The first attempt outlives `seconds`, every later one answers `status` at once."""
+    def plan(attempt: int, _request: dict) -> tuple[int, dict, bytes]:
+        if attempt == 1:
+            time.sleep(seconds)
+        return status, {}, b""
+    return plan
+
+
+def test_an_attempt_is_cut_where_the_services_timeouts_cut_it(tmp_path: Path, subscribers) -> None:
+    """Knative's queue-proxy answers 504 once a request outlives its Revision's timeoutSeconds or
+    responseStartTimeoutSeconds; the broker retries it. A Trigger's shorter delivery.timeout ends
+    the attempt first, with no response at all (a dispatcher error), also retried."""
+    (tmp_path / "m").mkdir()
+    apps = {name: app for name, (app, _) in subscribers.items()}
+
+    def service(name: str, **limits: int) -> dict:
+        return {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": name},
+                "spec": {"template": {"spec": {**limits, "containers": [{"image": "dropgate"}]}}}}
+
+    def trigger(name: str, subscriber: str, **delivery: str) -> dict:
+        return {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": {"name": name},
+                "spec": {"broker": "test", "filter": {"attributes": {"type": f"test.{name}"}},
+                         "subscriber": {"ref": {"kind": "Service", "name": subscriber}},
+                         "delivery": {"retry": 1, "backoffPolicy": "linear", "backoffDelay": "PT0.1S", **delivery}}}
+    docs = [{"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "test"}},
+            service("dropgate-scan", timeoutSeconds=1),
+            service("dropgate-metadata", timeoutSeconds=30, responseStartTimeoutSeconds=1),
+            service("dropgate-expire", timeoutSeconds=30),
+            trigger("request", "dropgate-scan", timeout="PT10S"),  # the Service's 1 s comes first
+            trigger("response-start", "dropgate-metadata"),
+            trigger("trigger-first", "dropgate-expire", timeout="PT1S")]
+    (tmp_path / "m" / "objects.yaml").write_text(yaml.safe_dump_all(docs))
+    services = {name: subscribers[name][1].url for name in ("dropgate-scan", "dropgate-metadata", "dropgate-expire")}
+    child, url = _start_router(tmp_path, tmp_path / "m", services, name="router-timeouts", namespace="default",
+                               broker="test")
+    try:
+        sent = {}
+        for name, app in (("request", "dropgate-scan"), ("response-start", "dropgate-metadata"),
+                          ("trigger-first", "dropgate-expire")):
+            sent[name] = event_id = str(uuid.uuid4())
+            apps[app].plans[event_id] = _slow_then(2.5, 204)
+            _send(url, {"type": f"test.{name}", "source": "s"}, event_id=event_id)
+        for name in ("request", "response-start"):
+            (delivery,) = _settled(url, sent[name])["deliveries"]
+            assert [a["status"] for a in delivery["attempts"]] == [504, 204], (name, delivery)
+            assert delivery["attempts"][0]["error"] == "cut off after 1 s by the Service's timeout"
+            assert delivery["outcome"] == "delivered"
+        (delivery,) = _settled(url, sent["trigger-first"])["deliveries"]
+        assert [a["status"] for a in delivery["attempts"]] == [None, 204]
+        assert delivery["attempts"][0]["error"].startswith("TimeoutError")
     finally:
         child.stop()
 

@@ -18,6 +18,7 @@ import pytest
 
 from dropgate_local import clamav
 from dropgate_local.client import call
+from dropgate_local.platform_limits import clamav_conf
 from shared.platform.clamd import StreamingClamd
 from shared.platform.storage import create_s3_client, set_up_buckets
 from tests import evasions
@@ -37,21 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMITS = clamav.default_limits()
 
 
-def conf_options(text: str) -> dict[str, str]:
-    options = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, value = line.partition(" ")
-            options[name] = value.strip()
-    return options
-
-
 # -- one configuration, in every place clamd is configured --
 
 def test_production_clamd_conf_holds_every_limit_and_alert() -> None:
     wanted = LIMITS.clamd_conf()
-    shipped = conf_options((ROOT / "manifests/base/clamd/clamd.conf").read_text())
+    shipped = clamav_conf((ROOT / "manifests/base/clamd/clamd.conf").read_text())
     assert {name: shipped.get(name) for name in wanted} == wanted
     assert wanted["AlertExceedsMax"] == wanted["AlertEncrypted"] == "yes"
 
@@ -59,7 +50,7 @@ def test_production_clamd_conf_holds_every_limit_and_alert() -> None:
 def test_local_clamd_conf_is_written_from_the_same_settings(tmp_path) -> None:
     conf = clamav.write_clamd_conf(tmp_path / "clamd.conf", db_dir=tmp_path, host="127.0.0.1", port=1,
                                    pid_file=tmp_path / "pid", temp_dir=tmp_path)
-    written = conf_options(conf.read_text())
+    written = clamav_conf(conf.read_text())
     assert {name: written.get(name) for name in LIMITS.clamd_conf()} == LIMITS.clamd_conf()
 
 

@@ -33,7 +33,7 @@ bounds = ReconcileBounds(
     grace=timedelta(seconds=settings.reconcile.grace_seconds),
     scan_timeout=timedelta(seconds=settings.reconcile.scan_timeout_seconds),
     max_attempts=settings.reconcile.max_attempts, max_redrives=settings.reconcile.max_redrives,
-    max_checked=settings.reconcile.max_checked)
+    max_checked=settings.reconcile.max_checked, time_budget=timedelta(seconds=settings.reconcile.time_budget_seconds))
 
 
 def run_pass(event):

@@ -277,8 +277,9 @@ class RetentionSettings:
             stale_upload_seconds=env.integer("DROPGATE_STALE_UPLOAD_AGE", 24 * 3600, minimum=60),
             orphan_grace_seconds=env.integer("DROPGATE_ORPHAN_GRACE", 3600, minimum=60),
             max_listed_objects=env.integer("DROPGATE_EXPIRE_MAX_LISTED", 10_000, minimum=1),
-            # Knative's request timeout for expire is 900 s; a pass must end well inside it.
-            time_budget_seconds=env.integer("DROPGATE_EXPIRE_TIME_BUDGET", 600, minimum=10, maximum=840),
+            # The pass answers only when it ends, so it must end inside Knative's response-start timeout
+            # (300 s by default; dropgate_local/platform_limits.py checks the manifests against it).
+            time_budget_seconds=env.integer("DROPGATE_EXPIRE_TIME_BUDGET", 240, minimum=10, maximum=540),
         )
 
 
@@ -314,13 +315,15 @@ class ReconcileSettings:
     # Rescans after a signature update (shared/scanning/rescan.py): files clean within this many days are read again.
     rescan_days: int = 7
     rescan_max_per_run: int = 2000  # rescan requests per pass; the rest follow on the next ping
+    time_budget_seconds: int = 240  # a pass stops starting new batches after this; the next ping goes on
 
     @classmethod
     def read(cls, env: EnvReader) -> ReconcileSettings:
         return cls(
             # Well below the stale age (24 h), after which expire abandons a pending upload and deletes its object.
             grace_seconds=env.integer("DROPGATE_RECONCILE_GRACE", 600, minimum=60, maximum=6 * 3600),
-            # Knative's request timeout for scan is 900 s; a row untouched for longer has no scan behind it.
+            # Knative cuts a scan request at the scan Service's timeoutSeconds (600 s); a row untouched for
+            # much longer has no scan behind it.
             scan_timeout_seconds=env.integer("DROPGATE_RECONCILE_SCAN_TIMEOUT", 1800, minimum=60, maximum=24 * 3600),
             max_attempts=env.integer("DROPGATE_RECONCILE_MAX_ATTEMPTS", 3, minimum=1, maximum=100),
             max_redrives=env.integer("DROPGATE_RECONCILE_MAX_PER_RUN", 1000, minimum=1, maximum=100_000),
@@ -328,6 +331,9 @@ class ReconcileSettings:
             rescan_days=env.integer("DROPGATE_RESCAN_DAYS", cls.rescan_days, minimum=0, maximum=MAX_RETENTION_DAYS),
             rescan_max_per_run=env.integer("DROPGATE_RESCAN_MAX_PER_RUN", cls.rescan_max_per_run, minimum=1,
                                            maximum=100_000),
+            # Like expire's: the pass's reply must start inside Knative's response-start timeout (300 s).
+            time_budget_seconds=env.integer("DROPGATE_RECONCILE_TIME_BUDGET", cls.time_budget_seconds, minimum=10,
+                                            maximum=540),
         )
 
 

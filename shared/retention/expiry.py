@@ -85,7 +85,7 @@ Clock = Callable[[], datetime]
 
 @dataclass(frozen=True)
 class RetentionBounds:
-    """How much one pass may do; every default keeps a pass well inside Knative's 900 s request timeout."""
+    """How much one pass may do; every default keeps a pass inside Knative's default 300 s response-start timeout."""
 
     batch_size: int = 500  # rows locked and retired per transaction
     max_files: int = 10_000  # rows expired or abandoned per pass
@@ -93,7 +93,7 @@ class RetentionBounds:
     orphan_grace: timedelta = timedelta(hours=1)  # objects and row changes younger than this are left alone
     max_listed_objects: int = 10_000  # objects listed per bucket per pass by the sweep
     max_listed_multipart: int = 1_000  # multipart uploads listed per pass
-    time_budget: timedelta = timedelta(minutes=10)  # checked between batches and pages
+    time_budget: timedelta = timedelta(seconds=240)  # checked between batches and pages
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_files < 1 or self.max_listed_objects < 1 or self.max_listed_multipart < 1:

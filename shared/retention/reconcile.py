@@ -146,7 +146,7 @@ class ReconcileBounds:
     batch_size: int = 100  # rows locked per transaction
     max_redrives: int = 1000  # uploads re-driven or failed per pass
     max_checked: int = 1000  # pending uploads looked up in storage per pass
-    time_budget: timedelta = timedelta(minutes=5)  # checked between batches
+    time_budget: timedelta = timedelta(seconds=240)  # checked between batches
 
     def __post_init__(self) -> None:
         if min(self.max_attempts, self.batch_size, self.max_redrives, self.max_checked) < 1:
