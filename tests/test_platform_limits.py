@@ -139,3 +139,18 @@ def test_kubernetes_quantities(text: str, size: int) -> None:
 @pytest.mark.parametrize(("text", "size"), [("1100M", 1100 * 2**20), ("100K", 102400), ("4096", 4096)])
 def test_clamd_sizes(text: str, size: int) -> None:
     assert clamav_bytes(text) == size
+
+
+def test_production_events_survive_a_restart_on_the_kafka_broker() -> None:
+    prod, dev = render("prod"), render("dev")
+    broker = named(prod, "Broker", "dropgate")
+    assert broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"] == "Kafka"
+    reference = broker["spec"]["config"]
+    config = named(prod, "ConfigMap", reference["name"])
+    assert (reference["kind"], reference["namespace"]) == ("ConfigMap", config["metadata"]["namespace"])
+    assert config["data"]["bootstrap.servers"]
+    assert int(config["data"]["default.topic.replication.factor"]) >= 3, "one lost Kafka broker loses no event"
+    assert int(config["data"]["default.topic.partitions"]) >= 1
+    # The dev overlay, which the local broker models, keeps the in-memory channel broker.
+    assert named(dev, "Broker", "dropgate")["metadata"]["annotations"]["eventing.knative.dev/broker.class"] \
+        == "MTChannelBasedBroker"
