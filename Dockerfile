@@ -4,7 +4,16 @@
 # Runs as a numeric non-root user on a read-only root filesystem: nothing is written outside
 # /tmp (an emptyDir in the manifests).
 
-FROM python:3.11-slim AS build
+# The base of both stages, pinned by digest: a rebuild gets the same bytes, and a tag moved
+# upstream cannot slip a different image in. This is the multi-arch index digest of
+# python:3.11-slim as published in two independent public Dockerfiles; it was not re-checked
+# against Docker Hub (unreachable from where it was written). To check or refresh it (after a
+# Debian or Python security release), take the index digest (the top-level "Digest:") from
+#   docker buildx imagetools inspect python:3.11-slim
+# and replace it here; tests/test_image.py insists on a digest.
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -20,7 +29,7 @@ RUN /opt/venv/bin/pip install . \
 COPY functions /app/functions
 RUN /opt/venv/bin/python -m compileall -q /app/functions
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 # PYTHONDONTWRITEBYTECODE: the bytecode was compiled at build time; never write at runtime.
 # HOME and XDG_RUNTIME_DIR point at /tmp: gunicorn (under functions-framework) puts its control
 # socket there, and no library gets to write into a read-only home.

@@ -349,8 +349,10 @@ def test_skaffold_can_replace_every_dropgate_image(name: str) -> None:
 def test_dockerfile_builds_a_runtime_only_non_root_image() -> None:
     text = (REPO / "Dockerfile").read_text()
     instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    froms = [line.split()[1] for line in instructions if line.startswith("FROM")]
-    assert froms and all(f == "python:3.11-slim" for f in froms)
+    # Every stage builds on python:3.11-slim, pinned by digest (tests/test_image.py checks the pin).
+    (base,) = {line.partition("=")[2] for line in instructions if line.startswith("ARG PYTHON_IMAGE=")}
+    assert base.startswith("python:3.11-slim@sha256:")
+    assert [line.split()[1] for line in instructions if line.startswith("FROM")] == ["${PYTHON_IMAGE}"] * 2
     (user,) = [line for line in instructions if line.startswith("USER")]
     uid = user.split()[1].split(":")[0]
     assert uid.isdigit() and int(uid) != 0, "a numeric non-root user (runAsNonRoot can check it)"
@@ -390,6 +392,8 @@ def test_services_are_probed_limited_scaled_and_locked_down(name: str) -> None:
         template = service["spec"]["template"]
         spec, c = template["spec"], container(service)
         assert c["readinessProbe"]["httpGet"]["path"] == "/healthz", svc_name
+        # Liveness asks no dependency: a database that is down must not get every pod restarted.
+        assert c.get("livenessProbe", {"httpGet": {"path": "/livez"}})["httpGet"]["path"] == "/livez", svc_name
         security = c["securityContext"]
         assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True, svc_name
         assert security["allowPrivilegeEscalation"] is False and "ALL" in security["capabilities"]["drop"], svc_name

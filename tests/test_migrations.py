@@ -118,3 +118,80 @@ def test_a_whole_uploads_row_reads_as_an_upload_row(fresh_database_url):
     assert row == UploadRow.from_db(as_dict)
     assert (row.id, row.status, row.legal_hold, row.redrive_attempts) == (upload_id, UploadStatus.PENDING, False, 0)
     assert type(row.public()["status"]) is str and row.public()["status"] == "pending"
+
+
+# ---------------------------------------------------------------- readiness: is the schema the code's?
+
+def migrate_only(url: str, count: int, monkeypatch) -> None:
+    """Apply the first `count` migrations, as an older release's Job did."""
+    shipped = available_migrations()
+    with monkeypatch.context() as patch:
+        patch.setattr(migrate, "available_migrations", lambda: shipped[:count])
+        apply_migrations(url)
+
+
+def test_a_half_migrated_schema_is_not_current_and_says_what_to_do(fresh_database_url, monkeypatch):
+    shipped = available_migrations()
+    migrate_only(fresh_database_url, len(shipped) - 2, monkeypatch)
+    with psycopg.connect(fresh_database_url) as conn:
+        assert [m.version for m in migrate.pending_migrations(conn)] == [m.version for m in shipped[-2:]]
+        with pytest.raises(migrate.SchemaNotCurrent) as caught:
+            migrate.check_schema_current(conn)
+    last, before = shipped[-1], shipped[-3]
+    assert str(caught.value) == (
+        f"schema at version {before.version}, this code needs {last.version} (missing "
+        f"{shipped[-2].version:04d}_{shipped[-2].name}, {last.version:04d}_{last.name}): run the migration Job")
+    apply_migrations(fresh_database_url)
+    with psycopg.connect(fresh_database_url) as conn:
+        assert migrate.pending_migrations(conn) == []
+        migrate.check_schema_current(conn)
+
+
+def test_a_never_migrated_database_is_version_0_and_the_callers_transaction_survives(fresh_database_url):
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute("SELECT 1")  # the caller is inside a transaction of its own
+        with pytest.raises(migrate.SchemaNotCurrent, match=r"^schema at version 0, this code needs \d+ \(missing 0001_"):
+            migrate.check_schema_current(conn)
+        assert conn.execute("SELECT 2").fetchone() == (2,), "the missing table aborted only the check's savepoint"
+
+
+def test_a_schema_ahead_of_the_code_is_current(fresh_database_url, monkeypatch):
+    """During a rollout the previous revision keeps serving after the Job migrated for the next one."""
+    apply_migrations(fresh_database_url)
+    older_code = available_migrations()[:-1]
+    monkeypatch.setattr(migrate, "available_migrations", lambda: older_code)
+    with psycopg.connect(fresh_database_url) as conn:
+        assert migrate.pending_migrations(conn) == []
+        migrate.check_schema_current(conn)
+
+
+def test_a_shipped_migration_recorded_with_other_text_is_not_current(fresh_database_url):
+    apply_migrations(fresh_database_url)
+    first = available_migrations()[0]
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = %s", (first.version,))
+        with pytest.raises(migrate.SchemaNotCurrent, match=f"migration {first.version:04d}_{first.name} differs"):
+            migrate.check_schema_current(conn)
+
+
+def test_the_database_check_caches_a_current_schema_and_only_that(fresh_database_url, monkeypatch):
+    """Steady-state readiness is a SELECT 1: the schema is read until it has been seen current, then never."""
+    from psycopg_pool import ConnectionPool
+
+    from shared.platform.db import DatabaseCheck
+
+    migrate_only(fresh_database_url, 1, monkeypatch)
+    with ConnectionPool(fresh_database_url, min_size=1, max_size=1, open=True) as pool:
+        check = DatabaseCheck(lambda: pool)
+        with pytest.raises(migrate.SchemaNotCurrent, match="run the migration Job"):
+            check()
+        with pytest.raises(migrate.SchemaNotCurrent):
+            check()  # a failure is not remembered: the next probe reads the schema again
+        apply_migrations(fresh_database_url)
+        check()
+        reads = []
+        monkeypatch.setattr(migrate, "applied_checksums", lambda conn: reads.append(conn) or {})
+        check()
+        assert reads == [], "a schema seen current is not read again"
+        with pytest.raises(migrate.SchemaNotCurrent):
+            DatabaseCheck(lambda: pool)()  # a new instance (another pod) reads it

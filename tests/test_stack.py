@@ -16,7 +16,7 @@ EXPECTED_CHECKS = {
     "presign": {"database", "storage"},
     "storage_events": set(),
     "scan": {"database", "storage", "clamd"},
-    "metadata": {"database"},
+    "metadata": {"storage", "database"},
     "expire": {"database", "storage"},
     "reconcile": {"database", "storage"},
 }

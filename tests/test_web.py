@@ -70,6 +70,39 @@ def test_health_reports_each_dependency_and_logs_why(caplog):
                for record in caplog.records)
 
 
+def test_health_shows_a_not_ready_reason_dropgate_wrote_and_nothing_else():
+    from shared.platform.errors import NotReady
+
+    def old_schema():
+        raise NotReady("schema at version 5, this code needs 6: run the migration Job")
+
+    def driver_failure():
+        raise RuntimeError("connection to db.internal failed for user=admin")
+
+    status, _, body = call(HttpApp([], {"database": old_schema, "s3": driver_failure}), "GET", "/healthz")
+    assert status == 503
+    assert json.loads(body)["checks"] == {
+        "database": "unavailable: schema at version 5, this code needs 6: run the migration Job",
+        "s3": "unavailable"}
+
+
+@pytest.mark.parametrize("kind", ["http", "cloudevent"])
+def test_livez_answers_alive_without_asking_any_dependency(kind):
+    asked = []
+
+    def dependency():
+        asked.append(1)
+        raise ConnectionRefusedError("down")
+
+    checks = {"database": dependency}
+    app_under_test = (HttpApp([], checks) if kind == "http"
+                      else CloudEventApp(lambda event: None, checks, senders=any_sender))
+    status, headers, body = call(app_under_test, "GET", "/livez")
+    assert (status, json.loads(body), headers["Content-Type"]) == (200, {"status": "alive"}, "application/json")
+    assert asked == []
+    assert call(app_under_test, "GET", "/healthz")[0] == 503 and asked == [1]
+
+
 def any_sender(authorization: str | None) -> str:
     """The sender check of these unit tests of the app itself; tests/test_event_auth.py checks the real one."""
     return "test-sender"

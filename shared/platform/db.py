@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from shared.platform.migrate import check_schema_current
 from shared.platform.settings import DatabaseSettings
 
 
@@ -24,7 +27,24 @@ def create_pool(settings: DatabaseSettings) -> ConnectionPool:
     return pool
 
 
-def check_database(pool: ConnectionPool) -> None:
-    """Health check: a round trip through the pool."""
-    with pool.connection(timeout=3) as conn:
-        conn.execute("SELECT 1")
+class DatabaseCheck:
+    """/healthz's database check: a round trip through the pool, and a schema this code can use.
+
+    On Knative a new revision can start before the migration Job has run; until every migration it
+    ships is applied it stays not-ready (`SchemaNotCurrent`, whose reason /healthz shows) instead of
+    serving on an old schema. Schema versions only move forward, so once seen current the answer is
+    kept and a steady-state check is `SELECT 1` alone. The pool is asked for lazily: the check is
+    built before gunicorn forks, the pool only in the serving worker.
+    """
+
+    def __init__(self, pool: Callable[[], ConnectionPool]):
+        self._pool = pool
+        self._schema_current = False
+
+    def __call__(self) -> None:
+        with self._pool().connection(timeout=3) as conn:
+            if self._schema_current:
+                conn.execute("SELECT 1")
+                return
+            check_schema_current(conn)
+            self._schema_current = True

@@ -69,3 +69,11 @@ class DependencyUnavailable(ApiError):
     """A backing service (database, storage, clamd, event sink) failed: the caller should retry."""
 
     status, error = 503, "dependency_unavailable"
+
+
+class NotReady(Exception):
+    """A dependency answers but is not fit for this code yet, for a reason dropgate words itself.
+
+    /healthz shows this reason (an operator learns what to do without reading logs); it never shows
+    any other exception's text, which can name hosts, paths or credentials.
+    """

@@ -3,8 +3,9 @@
 functions-framework hands each function one `flask.Request`; this module turns
 a small route table into that one callable. Every function, HTTP or
 CloudEvent, answers `GET /healthz` (Knative's readiness probe) with the state
-of the services it really depends on, and every error leaves as
-`{"error", "detail"}` JSON with the status its exception class carries.
+of the services it really depends on, `GET /livez` (the liveness probe) without
+asking any of them, and every error leaves as `{"error", "detail"}` JSON with
+the status its exception class carries.
 
 Both kinds also answer `GET /metrics` (Prometheus text, shared/platform/metrics.py), and run each
 request or event in a span of its trace (shared/platform/tracing.py): an HTTP request continues
@@ -42,6 +43,7 @@ from shared.platform.errors import (
     Forbidden,
     MethodNotAllowed,
     NotFound,
+    NotReady,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
@@ -53,6 +55,7 @@ logger = logging.getLogger("dropgate.web")
 
 MAX_JSON_BODY = 256 * 1024  # API bodies are small; a part list of 10,000 entries fits
 HEALTH_PATH = "/healthz"
+LIVENESS_PATH = "/livez"
 
 HealthCheck = Callable[[], None]  # raises when the dependency is not usable
 
@@ -133,11 +136,15 @@ def read_json(request: flask.Request, *, max_bytes: int = MAX_JSON_BODY) -> dict
 
 
 def platform_answer(request: flask.Request, checks: Mapping[str, HealthCheck]) -> flask.Response | None:
-    """What every function answers the same way, before its own routes: /healthz and /metrics."""
+    """What every function answers the same way, before its own routes: /healthz, /livez and /metrics."""
     if request.method != "GET":
         return None
     if request.path == HEALTH_PATH:
         return health_response(checks)
+    if request.path == LIVENESS_PATH:
+        # Answering at all is the proof of life. No dependency is asked: a database that is down must
+        # make the pod not-ready (/healthz), never get it restarted, which would cure nothing.
+        return json_response(200, {"status": "alive"})
     if request.path == metrics.METRICS_PATH:
         return metrics.metrics_response(request)
     return None
@@ -150,6 +157,11 @@ def health_response(checks: Mapping[str, HealthCheck]) -> flask.Response:
         try:
             check()
             results[name] = "ok"
+        except NotReady as exc:
+            healthy = False
+            # dropgate's own words (what to do, e.g. run the migration Job): safe to show.
+            results[name] = f"unavailable: {exc}"
+            log_event(logger, "health check failed", logging.WARNING, check=name, error=str(exc)[:500])
         except Exception as exc:  # noqa: BLE001 - any failure makes the dependency unhealthy
             healthy = False
             # The reason goes to the log only: an exception's text can name hosts, paths or credentials.

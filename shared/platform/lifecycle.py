@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 from shared.platform import logs, metrics, tracing
 from shared.platform.auth import EventSenderVerifier
 from shared.platform.clamd import StreamingClamd, check_clamd, create_scanner
-from shared.platform.db import check_database, create_pool
+from shared.platform.db import DatabaseCheck, create_pool
 from shared.platform.delivery import EventSink
 from shared.platform.http import HealthCheck
 from shared.platform.settings import Settings, SettingsError
@@ -89,7 +89,7 @@ class FunctionInstance:
         """A check for each real dependency of this function, by the sections it loaded."""
         checks: dict[str, HealthCheck] = {}
         if "database" in self.sections:
-            checks["database"] = lambda: check_database(self.db)
+            checks["database"] = DatabaseCheck(lambda: self.db)
         if "storage" in self.sections:
             checks["storage"] = lambda: check_storage(self.s3, self.settings.storage.uploads_bucket)
         if "clamd" in self.sections:
