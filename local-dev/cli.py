@@ -5,6 +5,7 @@
     dropgate-dev event-token scan                     the token the local broker sends scan
     dropgate-dev env                              the functions' environment, as shell exports
     dropgate-dev migrate                          apply database migrations (uses DATABASE_URL)
+    dropgate-dev preflight [--overlay prod]       check a cluster has what the overlay needs (kubectl)
 
 Operator commands (local-dev/ops.py, docs/operations.md):
     dropgate-dev history <upload-id>              row + audit trail + storage now + broker deliveries
@@ -134,6 +135,15 @@ def _migrate(_args: argparse.Namespace) -> int:
     return migrate_main()
 
 
+def _preflight(args: argparse.Namespace) -> int:
+    from dropgate_local import preflight
+    from dropgate_local.router import load_manifests
+    from dropgate_local.stack import SOURCE_DIR
+
+    documents = load_manifests(preflight.overlay_path(args.overlay, SOURCE_DIR))
+    return preflight.run(args.overlay, documents, args.kubeconfig or preflight.default_kubeconfig(), args.namespace)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dropgate-dev", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     event_token.set_defaults(run=_event_token)
     sub.add_parser("env", help="print the functions' environment as shell exports").set_defaults(run=_env)
     sub.add_parser("migrate", help="apply database migrations to DATABASE_URL").set_defaults(run=_migrate)
+    check = sub.add_parser("preflight", help="check a cluster (through kubectl) has the CRDs, Knative settings, "
+                           "broker and Secrets an overlay needs; without a reachable cluster, list the checks")
+    check.add_argument("--overlay", default="prod", help="dev, prod, or a kustomization's path (default prod)")
+    check.add_argument("--kubeconfig", default=None, help="default $KUBECONFIG, else ~/.kube/config")
+    check.add_argument("--namespace", default=None, help="default: the namespace the overlay renders into")
+    check.set_defaults(run=_preflight)
     ops.register(sub)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -16,6 +16,7 @@ from dropgate_local.client import call
 from dropgate_local.processes import free_port, http_ok
 from events.types import ObjectCreated
 from shared.platform.delivery import EventSink
+from shared.platform.storage import create_s3_client, ensure_bucket
 from tests.conftest import EICAR
 from tests.test_pipeline import FINAL, dev_token, router_events, upload, wait_for_status  # noqa: F401 - fixture
 from tests.test_presign import payload
@@ -134,9 +135,13 @@ def test_a_dead_lettered_event_replayed_by_the_cli_reaches_its_function(stack, r
         router.wait_until(lambda: http_ok(f"http://127.0.0.1:{router_port}/healthz"), timeout=30)
         broker = f"http://127.0.0.1:{router_port}/"
         trace = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+        # A real object (metadata believes only what storage confirms), in a bucket no webhook watches.
+        s3, key = create_s3_client(stack.storage_settings()), f"replay/{uuid.uuid4()}"
+        ensure_bucket(s3, bucket)
+        etag = s3.put_object(Bucket=bucket, Key=key, Body=b"abc")["ETag"].strip('"')
         event = ObjectCreated(id=f"ops-replay-{uuid.uuid4().hex}", event_name="ObjectCreated:Put",
-                              event_source="minio:s3", region="", bucket=bucket, key=f"replay/{uuid.uuid4()}",
-                              time=datetime.now(UTC), size=3, etag="abc", sequencer="1A",
+                              event_source="minio:s3", region="", bucket=bucket, key=key,
+                              time=datetime.now(UTC), size=3, etag=etag, sequencer="1A",
                               traceparent=trace).to_cloudevent()
         EventSink(broker, token_file=operator_token).send(event)
         wait_until(lambda: dead_letters.exists() and event["id"].encode() in dead_letters.read_bytes(),
