@@ -19,7 +19,7 @@ import time
 import boto3
 from botocore.config import Config
 
-from shared.uploads.sigv4 import PresignSigner
+from shared.platform.sigv4 import PresignSigner
 
 PARTS = 128
 PART_SIZE = 8 * 1024 * 1024

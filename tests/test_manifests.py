@@ -699,3 +699,32 @@ def test_dev_adds_databases_and_prod_does_not() -> None:
     assert scale(prod, "min")["dropgate-presign"] >= 1
     assert dev_max["dropgate-expire"] == prod_max["dropgate-expire"] == 1, "one retention sweep at a time"
     assert dev_max["dropgate-reconcile"] == prod_max["dropgate-reconcile"] == 1, "one reconciliation pass at a time"
+
+
+# ---------------------------------------------------------------- MinIO as it really is (docs/storage.md)
+
+def _setup_env(docs: list[dict]) -> dict[str, str]:
+    (mc,) = named(docs, "Job", "dropgate-minio-setup")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in mc["env"]}
+
+
+def test_minio_is_reached_over_https_and_keeps_undelivered_notifications() -> None:
+    prod, dev = render("prod"), render("dev")
+    assert config_data(prod)["DROPGATE_S3_ENDPOINT"].startswith("https://")
+    assert _setup_env(prod)["WEBHOOK_SCHEME"] == "https"  # storage-events has a certificate (manifests/cluster/)
+    assert _setup_env(dev)["WEBHOOK_SCHEME"] == "http"  # a dev cluster has no cluster-local TLS
+    queue_dir = _setup_env(prod)["MINIO_NOTIFY_QUEUE_DIR"]
+    assert queue_dir.startswith("/") and not queue_dir.startswith("/data"), "outside MinIO's drives"
+    # The dev MinIO has that directory (its parent mounted), so the set-up Job's queue_dir exists there.
+    (minio,) = named(dev, "Deployment", "dropgate-minio")["spec"]["template"]["spec"]["containers"]
+    assert any(queue_dir.startswith(m["mountPath"] + "/") for m in minio["volumeMounts"])
+
+
+def test_the_minio_set_up_script_is_valid_and_refuses_sse_without_a_kms() -> None:
+    script = REPO / "manifests" / "base" / "minio" / "setup.sh"
+    done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    text = script.read_text()
+    # The KMS check comes before any bucket is made, and the webhook target keeps a queue.
+    assert text.index("mc admin kms key status") < text.index("mc mb ")
+    assert 'queue_dir="${MINIO_NOTIFY_QUEUE_DIR' in text

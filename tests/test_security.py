@@ -248,7 +248,7 @@ def test_a_part_url_is_good_for_its_part_only(presign, idp, s3, buckets) -> None
 
 def test_a_signed_url_stops_working_when_it_expires(presign, idp, buckets) -> None:  # noqa: F811
     """Signed by the very signer presign uses, with a clock two hours back and a one-minute lifetime."""
-    from shared.uploads.sigv4 import PresignSigner
+    from shared.platform.sigv4 import PresignSigner
 
     token = idp.token(user())
     upload = create(presign, token, size=10).json()

@@ -49,6 +49,9 @@ def test_error_message_lists_the_variables():
     ("DROPGATE_CLAMD_ADDRESS", "clamd:99999", "expected host:port"),
     ("DROPGATE_JWT_ALGORITHMS", "RS256,HS256", "HS256 not allowed"),
     ("DROPGATE_JWT_ALGORITHMS", "none", "none not allowed"),
+    ("DROPGATE_STORAGE_ACCEPT_MISSING", "signature,everything", "everything is not a capability"),
+    ("DROPGATE_S3_ADDRESSING_STYLE", "host", "expected path or virtual"),
+    ("DROPGATE_S3_CHECKSUMS", "always", "expected when_required or when_supported"),
 ])
 def test_malformed_values_name_the_variable_and_the_reason(name, value, reason):
     environ = {**STORAGE_ENV, **AUTH_ENV, "DATABASE_URL": "postgresql://x/y", name: value}
@@ -62,6 +65,8 @@ def test_defaults_are_the_documented_ones():
     settings = Settings.from_env(["storage", "limits", "clamd", "auth"], {**STORAGE_ENV, **AUTH_ENV})
     assert settings.storage.uploads_bucket == "dropgate-uploads"
     assert settings.storage.endpoint_url is None  # AWS S3
+    assert (settings.storage.addressing_style, settings.storage.checksum_mode) == ("path", "when_required")
+    assert settings.storage.accept_missing == frozenset()  # every guarantee the probe checks is required
     assert settings.limits.max_upload_size == GIB
     assert settings.limits.default_part_size == 8 * MIB
     assert settings.limits.retention_days == 30

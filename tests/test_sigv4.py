@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from shared.uploads.sigv4 import PresignSigner
+from shared.platform.sigv4 import PresignSigner
 
 NOW = dt.datetime(2026, 11, 25, 13, 43, 38, tzinfo=dt.UTC)
 SHA = "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="

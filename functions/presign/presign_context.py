@@ -17,10 +17,10 @@ from shared.platform.delivery import EventSink
 from shared.platform.errors import BadRequest
 from shared.platform.http import client_address, require_same_origin_json
 from shared.platform.lifecycle import FunctionInstance
+from shared.platform.sigv4 import PresignSigner
 from shared.scanning.content_policy import ContentPolicy
 from shared.scanning.verdicts import VerdictAdmin
 from shared.uploads.service import UploadService
-from shared.uploads.sigv4 import PresignSigner
 
 instance = FunctionInstance("presign", ["storage", "database", "auth", "limits", "content", "events",
                                         "observability"])

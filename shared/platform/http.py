@@ -57,7 +57,7 @@ MAX_JSON_BODY = 256 * 1024  # API bodies are small; a part list of 10,000 entrie
 HEALTH_PATH = "/healthz"
 LIVENESS_PATH = "/livez"
 
-HealthCheck = Callable[[], None]  # raises when the dependency is not usable
+HealthCheck = Callable[[], "str | None"]  # raises when the dependency is not usable; may return a note for /healthz
 
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> flask.Response:
@@ -155,8 +155,8 @@ def health_response(checks: Mapping[str, HealthCheck]) -> flask.Response:
     healthy = True
     for name, check in checks.items():
         try:
-            check()
-            results[name] = "ok"
+            note = check()
+            results[name] = f"ok: {note}" if note else "ok"
         except NotReady as exc:
             healthy = False
             # dropgate's own words (what to do, e.g. run the migration Job): safe to show.

@@ -25,7 +25,8 @@ from shared.platform.db import DatabaseCheck, create_pool
 from shared.platform.delivery import EventSink
 from shared.platform.http import HealthCheck
 from shared.platform.settings import Settings, SettingsError
-from shared.platform.storage import check_storage, create_s3_client
+from shared.platform.storage import create_s3_client
+from shared.platform.storage_probe import StorageCheck
 
 T = TypeVar("T")
 
@@ -91,7 +92,7 @@ class FunctionInstance:
         if "database" in self.sections:
             checks["database"] = DatabaseCheck(lambda: self.db)
         if "storage" in self.sections:
-            checks["storage"] = lambda: check_storage(self.s3, self.settings.storage.uploads_bucket)
+            checks["storage"] = StorageCheck(lambda: self.s3, self.settings.storage)
         if "clamd" in self.sections:
             checks["clamd"] = lambda: check_clamd(self.scanner)
         return checks

@@ -16,7 +16,13 @@ import typing
 from typing import Final
 
 import flask
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from events.types import Verdict
 from shared.platform.auth import holds_secret
@@ -31,6 +37,11 @@ UPLOADS_ABORTED: Final = Counter(
     ["reason"])
 PART_URLS_SIGNED: Final = Counter("dropgate_part_urls_signed", "Presigned part upload URLs issued")
 DOWNLOAD_URLS_SIGNED: Final = Counter("dropgate_download_urls_signed", "Presigned download URLs issued")
+
+# -- storage (shared/platform/storage_probe.py) --
+STORAGE_CAPABILITY: Final = Gauge(
+    "dropgate_storage_capability", "1 when the S3 server enforces what a guarantee rests on, 0 when it does not "
+    "(running only because DROPGATE_STORAGE_ACCEPT_MISSING accepts it)", ["capability"])
 
 # -- scan --
 SCAN_VERDICTS: Final = Counter("dropgate_scan_verdicts", "Verdicts written, by verdict", ["verdict"])

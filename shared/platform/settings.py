@@ -31,6 +31,8 @@ S3_MAX_PARTS: Final = 10_000
 MAX_RETENTION_DAYS: Final = 30
 
 SSE_ALGORITHMS: Final = ("AES256", "aws:kms", "none")
+# What the storage probe checks (shared.platform.storage_probe.Capability, kept equal by a test there).
+STORAGE_CAPABILITIES: Final = frozenset({"signature", "signed-length", "part-checksum", "sse"})
 TRACES_EXPORTERS: Final = ("none", "console", "otlp")
 # Kinds of content DROPGATE_DENIED_CONTENT can refuse (shared/scanning/content_policy.py; docs/content-policy.md).
 CONTENT_KINDS: Final = ("executable", "script", "active-markup", "java")
@@ -64,6 +66,15 @@ class StorageSettings:
     # default key) or None (DROPGATE_SSE=none: leave it to the bucket).
     sse_algorithm: str | None = "AES256"
     sse_kms_key_id: str | None = None
+    # Capabilities (shared/platform/storage_probe.py Capability values) the operator accepts the
+    # server lacks: the functions then run with that guarantee weaker, and say so (docs/storage.md).
+    accept_missing: frozenset[str] = frozenset()
+    # "path" (MinIO, SeaweedFS, most self-hosted servers) or "virtual" (AWS's preferred bucket.host form).
+    addressing_style: str = "path"
+    # botocore's request_checksum_calculation / response_checksum_validation: "when_required" sends
+    # only the checksums an operation needs (self-hosted servers differ in what optional ones they
+    # accept); "when_supported" is boto3's own default since 1.36 (CRC32 on every upload).
+    checksum_mode: str = "when_required"
 
     @classmethod
     def read(cls, env: EnvReader) -> StorageSettings:
@@ -75,7 +86,18 @@ class StorageSettings:
         elif kms_key_id and sse != "aws:kms":
             env.problems.append(f"DROPGATE_SSE_KMS_KEY_ID is set but DROPGATE_SSE is {sse!r}; "
                                 "set DROPGATE_SSE=aws:kms to encrypt with that key")
+        accept_missing = frozenset(env.words("DROPGATE_STORAGE_ACCEPT_MISSING", ()))
+        if unknown := accept_missing - STORAGE_CAPABILITIES:
+            env.problems.append(f"DROPGATE_STORAGE_ACCEPT_MISSING: {', '.join(sorted(unknown))} is not a capability; "
+                                f"expected any of {', '.join(sorted(STORAGE_CAPABILITIES))}")
+        addressing = env.text("DROPGATE_S3_ADDRESSING_STYLE", "path")
+        if addressing not in ("path", "virtual"):
+            env.problems.append(f"DROPGATE_S3_ADDRESSING_STYLE={addressing!r}: expected path or virtual")
+        checksums = env.text("DROPGATE_S3_CHECKSUMS", "when_required")
+        if checksums not in ("when_required", "when_supported"):
+            env.problems.append(f"DROPGATE_S3_CHECKSUMS={checksums!r}: expected when_required or when_supported")
         return cls(
+            accept_missing=accept_missing, addressing_style=addressing, checksum_mode=checksums,
             endpoint_url=endpoint,
             public_endpoint_url=env.optional_url("DROPGATE_S3_PUBLIC_ENDPOINT") or endpoint,
             region=env.text("DROPGATE_S3_REGION", "us-east-1"),

@@ -22,7 +22,8 @@ _CORS_EXPOSED_HEADERS = ["ETag", "x-amz-checksum-sha256", "x-amz-request-id"]
 
 
 def create_s3_client(settings: StorageSettings, *, public: bool = False, max_attempts: int = 3) -> BaseClient:
-    """A SigV4 client with path-style addressing (MinIO and SeaweedFS serve buckets under the path).
+    """A SigV4 client; path-style addressing unless DROPGATE_S3_ADDRESSING_STYLE=virtual (MinIO and SeaweedFS serve
+    buckets under the path).
 
     `public=True` targets the endpoint browsers reach, for presigning only: a
     presigned URL is bound to the host it was signed for.
@@ -36,14 +37,14 @@ def create_s3_client(settings: StorageSettings, *, public: bool = False, max_att
         aws_secret_access_key=settings.secret_access_key,
         config=Config(
             signature_version="s3v4",
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": settings.addressing_style},
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=5,
             read_timeout=60,
-            # Send checksums only when an operation requires one: S3-compatible
-            # servers differ in what they accept for optional checksum headers.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
+            # By default send checksums only when an operation requires one: S3-compatible servers
+            # differ in what they accept for optional checksum headers (DROPGATE_S3_CHECKSUMS).
+            request_checksum_calculation=settings.checksum_mode,
+            response_checksum_validation=settings.checksum_mode,
         ),
     )
 

@@ -43,6 +43,7 @@ from shared.platform.settings import (
     LimitSettings,
     StorageSettings,
 )
+from shared.platform.sigv4 import PresignedUrl, PresignSigner
 from shared.retention.reconcile import object_created_event
 from shared.scanning.content_policy import ContentPolicy, download_type
 from shared.uploads import repository
@@ -72,7 +73,6 @@ from shared.uploads.requests import (
     normalise_etag,
     sanitise_filename,
 )
-from shared.uploads.sigv4 import PresignedUrl, PresignSigner
 
 logger = logging.getLogger("dropgate.uploads")
 

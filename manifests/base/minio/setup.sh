@@ -6,7 +6,9 @@
 #   - incomplete multipart uploads: MinIO ignores AbortIncompleteMultipartUpload lifecycle rules
 #     and purges them itself after `api stale_uploads_expiry`, set to 24h here
 #   - CORS for the web origins (per bucket where MinIO supports it, else the server-wide setting)
-#   - bucket notifications of both buckets to dropgate-storage-events, with the bearer token
+#   - bucket notifications of both buckets to dropgate-storage-events, with the bearer token, over
+#     https, kept on MinIO's disk (queue_dir) until storage-events takes them
+#   - a KMS is required for SSE: the script stops with a clear message without one
 #   - default encryption of both buckets: DROPGATE_SSE (SSE-S3, or SSE-KMS with DROPGATE_SSE_KMS_KEY_ID);
 #     MinIO must have a KMS (KES, or MINIO_KMS_SECRET_KEY for a single key) for either
 set -eu
@@ -22,6 +24,15 @@ until mc alias set "$alias_name" "$MINIO_ENDPOINT" "$MINIO_ROOT_USER" "$MINIO_RO
   if [ "$attempt" -ge 60 ]; then echo "MinIO did not answer" >&2; exit 1; fi
   sleep 5
 done
+
+# SSE needs a KMS on MinIO (KES for production; MINIO_KMS_SECRET_KEY, one static key, for small
+# installs): without one every encrypted write fails, so stop here and say so instead of later.
+# https://min.io/docs/minio/linux/operations/server-side-encryption.html
+if [ "${DROPGATE_SSE:-AES256}" != none ] && ! mc admin kms key status "$alias_name" >/dev/null 2>&1; then
+  echo "MinIO at ${MINIO_ENDPOINT} has no KMS, and DROPGATE_SSE=${DROPGATE_SSE:-AES256} asks for encryption:" >&2
+  echo "configure KES (or MINIO_KMS_SECRET_KEY for a single static key) first (docs/deploy.md), or set DROPGATE_SSE=none" >&2
+  exit 1
+fi
 
 # Object lock can only be enabled when a bucket is created; --with-lock also turns on versioning.
 mc mb --ignore-existing --with-lock "$alias_name/$DROPGATE_UPLOADS_BUCKET"
@@ -83,10 +94,16 @@ changed=$(mc admin config set "$alias_name" api \
   cors_allow_origin="$DROPGATE_ALLOWED_ORIGINS" stale_uploads_expiry=24h stale_uploads_cleanup_interval=1h 2>&1)
 echo "$changed"
 
-# The notification target: storage-events inside the cluster, MinIO sends "Bearer <token>".
-webhook="http://dropgate-storage-events.${POD_NAMESPACE}.svc.cluster.local${WEBHOOK_PATH}"
+# The notification target: storage-events inside the cluster, MinIO sends "Bearer <token>". https
+# once Knative's cluster-local-domain-tls gives the Service a certificate (manifests/cluster/).
+# queue_dir: MinIO keeps a notification the webhook did not take on its own disk and sends it again
+# (webhook settings, min.io/docs/minio/linux/reference/minio-server/settings/notifications/webhook-service.html);
+# without it a notification that fails once is dropped and only the reconcile pass finds the upload.
+webhook="${WEBHOOK_SCHEME:-https}://dropgate-storage-events.${POD_NAMESPACE}.svc.cluster.local${WEBHOOK_PATH}"
 out=$(mc admin config set "$alias_name" notify_webhook:dropgate \
-  endpoint="$webhook" auth_token="$DROPGATE_WEBHOOK_TOKEN" queue_limit=100000 2>&1)
+  endpoint="$webhook" auth_token="$DROPGATE_WEBHOOK_TOKEN" \
+  queue_dir="${MINIO_NOTIFY_QUEUE_DIR:?the directory on the MinIO servers for undelivered notifications}" \
+  queue_limit=100000 2>&1)
 echo "$out"
 case "$changed $out" in
   *restart*) echo "restarting MinIO to apply the configuration"; mc admin service restart "$alias_name" --json

@@ -1,0 +1,171 @@
+"""What the configured S3 server really enforces, found out by trying it (cached per instance).
+
+dropgate's guarantees are only as good as the server that holds the bytes: a part URL
+"bound to its length and SHA-256" binds nothing on a server that ignores the signed
+`Content-Length` or `x-amz-checksum-sha256`, and "encrypted at rest" means nothing where
+the SSE header is dropped. So before a function takes traffic, its storage health check
+(`StorageCheck`) runs one probe against the uploads bucket, with the same presigner
+presign uses for browsers:
+
+1. CreateMultipartUpload of `.dropgate-probe/<uuid>` with dropgate's SSE arguments;
+2. the part URL, signed for a length and a SHA-256, is PUT with a tampered signature,
+   with one byte less, and with other bytes of the right length: each must be refused;
+3. the right bytes must be accepted, and the part's answer must name the SSE asked for;
+4. the multipart upload is aborted: no object is ever made, so no notification fires.
+
+A capability the server lacks makes the function not ready, with a reason naming it,
+unless the operator accepted running without it (`DROPGATE_STORAGE_ACCEPT_MISSING`): then
+/healthz says so, the log says so at WARNING once, and `dropgate_storage_capability`
+shows 0 for it. docs/storage.md has the table of servers and what each enforces.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import http.client
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urlsplit
+
+from botocore.client import BaseClient
+
+from shared.platform import metrics
+from shared.platform.errors import NotReady
+from shared.platform.logs import log_event
+from shared.platform.settings import StorageSettings
+from shared.platform.sigv4 import PresignSigner
+from shared.platform.storage import check_storage, sse_arguments
+
+logger = logging.getLogger("dropgate.storage")
+
+PROBE_PREFIX: Final = ".dropgate-probe/"
+PROBE_PART_BYTES: Final = 64 * 1024  # a last part may be any size: the probe stays small
+PROBE_TIMEOUT_SECONDS: Final = 10
+
+
+class Capability(enum.StrEnum):
+    """A rule of the S3 server that one of dropgate's guarantees rests on."""
+
+    SIGNATURE = "signature"  # a presigned URL with a tampered signature is refused
+    SIGNED_LENGTH = "signed-length"  # a presigned part PUT with another length than signed is refused
+    PART_CHECKSUM = "part-checksum"  # a part whose bytes do not match its signed x-amz-checksum-sha256 is refused
+    SSE = "sse"  # what dropgate writes is encrypted as DROPGATE_SSE asks (checked only when SSE is asked for)
+
+
+GUARANTEES: Final = {
+    Capability.SIGNATURE: "part URLs are credentials only for the request they were signed for",
+    Capability.SIGNED_LENGTH: "a part URL uploads exactly the declared number of bytes",
+    Capability.PART_CHECKSUM: "a part URL signed with a SHA-256 uploads exactly those bytes",
+    Capability.SSE: "objects are encrypted at rest",
+}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    enforced: frozenset[Capability]
+    missing: frozenset[Capability]
+    details: dict[Capability, str] = field(default_factory=dict)  # what the server answered, per capability
+
+
+def probe_storage(s3: BaseClient, settings: StorageSettings) -> ProbeResult:
+    """Try each capability against the uploads bucket; storage errors (down, no access) propagate."""
+    key = f"{PROBE_PREFIX}{uuid.uuid4()}"
+    bucket = settings.uploads_bucket
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **sse_arguments(settings))["UploadId"]
+    try:
+        return _probe_part(settings, bucket, key, upload_id)
+    finally:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+
+def _probe_part(settings: StorageSettings, bucket: str, key: str, upload_id: str) -> ProbeResult:
+    signer = PresignSigner(endpoint_url=settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com",
+                           access_key_id=settings.access_key_id, secret_access_key=settings.secret_access_key,
+                           region=settings.region)
+    data = os.urandom(PROBE_PART_BYTES)
+    headers = {"Content-Length": str(len(data)),
+               "x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(data).digest()).decode()}
+    signed = signer.presign("PUT", bucket, key, query={"partNumber": "1", "uploadId": upload_id}, headers=headers,
+                            expires_in=300)
+    tampered = signed.url.replace("X-Amz-Signature=", "X-Amz-Signature=0", 1)
+    answers = {
+        Capability.SIGNATURE: _put(tampered, signed.headers, data),
+        Capability.SIGNED_LENGTH: _put(signed.url, signed.headers, data[:-1]),
+        Capability.PART_CHECKSUM: _put(signed.url, signed.headers, os.urandom(len(data))),
+    }
+    enforced = {capability for capability, (status, _, _) in answers.items() if 400 <= status < 500}
+    details = {capability: f"{status} {body[:120]!r}" for capability, (status, _, body) in answers.items()}
+    status, response_headers, body = _put(signed.url, signed.headers, data)
+    if not 200 <= status < 300:
+        raise NotReady(f"storage refused a correctly signed part ({status}): check the S3 endpoint, region and "
+                       "credentials")
+    if settings.sse_algorithm:
+        applied = response_headers.get("x-amz-server-side-encryption")
+        details[Capability.SSE] = f"asked {settings.sse_algorithm}, storage answered {applied}"
+        if applied == settings.sse_algorithm:
+            enforced.add(Capability.SSE)
+    probed = set(answers) | ({Capability.SSE} if settings.sse_algorithm else set())
+    return ProbeResult(enforced=frozenset(enforced), missing=frozenset(probed - enforced), details=details)
+
+
+def _put(url: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """PUT exactly `body` (its own Content-Length, whatever was signed), as a browser would send it."""
+    parts = urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=PROBE_TIMEOUT_SECONDS)
+    sent = {name: value for name, value in headers.items() if name.lower() != "content-length"}
+    try:
+        connection.request("PUT", f"{parts.path}?{parts.query}", body=body, headers={**sent, "Content-Length":
+                                                                                     str(len(body))})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+class StorageCheck:
+    """/healthz's storage check: the bucket answers, and the server enforces what dropgate relies on.
+
+    The probe runs once per instance (a server's rules do not change under a running pod; a
+    fixed server needs new pods), the bucket round trip every time.
+    """
+
+    def __init__(self, s3: Callable[[], BaseClient], settings: StorageSettings):
+        self._s3 = s3
+        self._settings = settings
+        self._result: ProbeResult | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str | None:
+        check_storage(self._s3(), self._settings.uploads_bucket)
+        result = self._probe_once()
+        refused = result.missing - self._settings.accept_missing
+        if refused:
+            raise NotReady("storage does not enforce " + "; ".join(
+                f"{c} ({GUARANTEES[c]})" for c in sorted(refused))
+                + ": use a server that does (docs/storage.md), or accept running without it with "
+                f"DROPGATE_STORAGE_ACCEPT_MISSING={','.join(sorted(refused))}")
+        if result.missing:
+            return "weaker guarantees accepted: " + ", ".join(sorted(result.missing)) + " not enforced"
+        return None
+
+    def _probe_once(self) -> ProbeResult:
+        with self._lock:
+            if self._result is None:
+                result = probe_storage(self._s3(), self._settings)
+                for capability in Capability:
+                    if capability in result.enforced or capability in result.missing:
+                        metrics.STORAGE_CAPABILITY.labels(str(capability)).set(capability in result.enforced)
+                if result.missing:
+                    log_event(logger, "storage lacks capabilities", logging.WARNING,
+                              missing=sorted(result.missing), accepted=sorted(self._settings.accept_missing),
+                              details={str(c): d for c, d in result.details.items() if c in result.missing})
+                self._result = result
+            return self._result

@@ -1,0 +1,178 @@
+"""The S3 contract dropgate relies on, against two real S3 implementations on loopback.
+
+SeaweedFS (`weed mini`, the local stack's storage) and moto's standalone server
+(`moto_server`, PyPI `moto`: follows AWS's request and response formats, but enforces
+no signatures) run as real processes. Every call dropgate makes is tried on both:
+presigned multipart parts, complete/abort/list, versioned delete and copy by version,
+SSE on writes, tagging, lifecycle rules. What each server *enforces* differs, and the
+storage probe (shared/platform/storage_probe.py) must say so: `ENFORCES` is the table of
+docs/storage.md, and the probe is held to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from botocore.exceptions import ClientError
+
+from dropgate_local.processes import ChildProcess, free_port, http_ok
+from shared.platform.errors import NotReady
+from shared.platform.settings import STORAGE_CAPABILITIES, StorageSettings
+from shared.platform.sigv4 import PresignSigner
+from shared.platform.storage import (
+    create_s3_client,
+    list_versions,
+    set_lifecycle_rules,
+    set_up_buckets,
+    sse_arguments,
+)
+from shared.platform.storage_probe import Capability, StorageCheck, _put, probe_storage
+
+MIB = 1024 * 1024
+ALL = frozenset(Capability)
+# What each server enforces, as measured here (docs/storage.md "S3 servers").
+ENFORCES = {
+    "seaweedfs": ALL,
+    "moto": frozenset({Capability.SSE}),  # moto answers the SSE it was asked for; it checks no signature at all
+}
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageSettings]:
+    port = free_port()
+    server = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    child = ChildProcess("moto", [server, "-H", "127.0.0.1", "-p", str(port)], log).start()
+    try:
+        child.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/"), timeout=60)
+        settings = StorageSettings(endpoint_url=f"http://127.0.0.1:{port}", public_endpoint_url=None,
+                                   region="us-east-1", access_key_id="moto", secret_access_key="moto-secret",
+                                   uploads_bucket="contract-uploads", quarantine_bucket="contract-quarantine",
+                                   allowed_origins=())
+        set_up_buckets(settings)
+        yield settings
+    finally:
+        child.stop()
+
+
+@pytest.fixture(params=["seaweedfs", "moto"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, StorageSettings]:
+    if request.param == "seaweedfs":
+        return "seaweedfs", request.getfixturevalue("unwatched")
+    return "moto", request.getfixturevalue("moto")
+
+
+def _b64sha(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _signer(settings: StorageSettings) -> PresignSigner:
+    return PresignSigner(endpoint_url=settings.endpoint_url, access_key_id=settings.access_key_id,
+                         secret_access_key=settings.secret_access_key, region=settings.region)
+
+
+def test_presigned_multipart_upload_completes_byte_identical(backend) -> None:
+    _, settings = backend
+    s3, key = create_s3_client(settings), f"contract/{uuid.uuid4()}"
+    bucket = settings.uploads_bucket
+    parts_data = [os.urandom(5 * MIB), os.urandom(3 * MIB)]
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, ContentType="application/pdf",
+                                           Metadata={"upload-id": "x"}, **sse_arguments(settings))["UploadId"]
+    etags = []
+    for number, data in enumerate(parts_data, start=1):
+        headers = {"Content-Length": str(len(data)), "x-amz-checksum-sha256": _b64sha(data)}
+        signed = _signer(settings).presign("PUT", bucket, key, query={"partNumber": str(number),
+                                                                     "uploadId": upload_id},
+                                           headers=headers, expires_in=300)
+        status, response_headers, body = _put(signed.url, signed.headers, data)
+        assert status == 200, body
+        etags.append(response_headers["etag"].strip('"'))
+    listed = s3.list_parts(Bucket=bucket, Key=key, UploadId=upload_id)["Parts"]
+    assert [(p["PartNumber"], p["Size"]) for p in listed] == [(1, 5 * MIB), (2, 3 * MIB)]
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in enumerate(etags, start=1)]})
+    stored = s3.get_object(Bucket=bucket, Key=key)
+    assert stored["Body"].read() == b"".join(parts_data)
+    assert stored["ContentType"] == "application/pdf" and stored["Metadata"] == {"upload-id": "x"}
+    assert stored["ETag"].strip('"').endswith("-2"), "a multipart ETag names its part count"
+
+
+def test_an_aborted_multipart_upload_is_gone(backend) -> None:
+    _, settings = backend
+    s3, key = create_s3_client(settings), f"contract/{uuid.uuid4()}"
+    upload_id = s3.create_multipart_upload(Bucket=settings.uploads_bucket, Key=key)["UploadId"]
+    s3.upload_part(Bucket=settings.uploads_bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1024)
+    s3.abort_multipart_upload(Bucket=settings.uploads_bucket, Key=key, UploadId=upload_id)
+    with pytest.raises(ClientError) as refused:
+        s3.list_parts(Bucket=settings.uploads_bucket, Key=key, UploadId=upload_id)
+    assert refused.value.response["Error"]["Code"] == "NoSuchUpload"
+
+
+def test_versioned_delete_leaves_a_marker_and_copy_by_version_recovers(backend) -> None:
+    _, settings = backend
+    s3, bucket, key = create_s3_client(settings), f"contract-versions-{uuid.uuid4().hex[:8]}", "a/b"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket=bucket, Key=key, Body=b"one")["VersionId"]
+    s3.put_object(Bucket=bucket, Key=key, Body=b"two")
+    s3.delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key=key)
+    assert len(list_versions(s3, bucket, key)) == 3, "two versions and a delete marker"
+    s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": key, "VersionId": first})
+    assert s3.get_object(Bucket=bucket, Key="copy")["Body"].read() == b"one"
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": list_versions(s3, bucket, key)})
+    assert list_versions(s3, bucket, key) == []
+
+
+def test_sse_tagging_and_lifecycle_are_accepted(backend) -> None:
+    _, settings = backend
+    s3, key = create_s3_client(settings), f"contract/{uuid.uuid4()}"
+    written = s3.put_object(Bucket=settings.uploads_bucket, Key=key, Body=b"data", **sse_arguments(settings))
+    assert written.get("ServerSideEncryption") == "AES256"
+    s3.put_object_tagging(Bucket=settings.uploads_bucket, Key=key,
+                          Tagging={"TagSet": [{"Key": "dropgatesigversion", "Value": "27000"}]})
+    assert s3.get_object_tagging(Bucket=settings.uploads_bucket, Key=key)["TagSet"] == [
+        {"Key": "dropgatesigversion", "Value": "27000"}]
+    set_lifecycle_rules(s3, settings.uploads_bucket)  # raises if the server refuses the rules
+
+
+# -- what each server enforces, and the probe's conclusion --
+
+def test_the_probe_finds_what_each_server_enforces(backend) -> None:
+    name, settings = backend
+    result = probe_storage(create_s3_client(settings), settings)
+    assert result.enforced == ENFORCES[name], result.details
+    assert result.missing == ALL - ENFORCES[name]
+    assert {str(c) for c in Capability} == STORAGE_CAPABILITIES  # the settings know every capability
+
+
+def test_a_server_that_lacks_a_guarantee_is_refused_unless_it_is_accepted(moto) -> None:
+    s3 = create_s3_client(moto)
+    with pytest.raises(NotReady) as refused:
+        StorageCheck(lambda: s3, moto)()
+    reason = str(refused.value)
+    assert "part-checksum (a part URL signed with a SHA-256 uploads exactly those bytes)" in reason
+    assert "DROPGATE_STORAGE_ACCEPT_MISSING=part-checksum,signature,signed-length" in reason
+    weaker = dataclasses.replace(moto, accept_missing=frozenset({"signature", "signed-length", "part-checksum"}))
+    note = StorageCheck(lambda: s3, weaker)()
+    assert note == "weaker guarantees accepted: part-checksum, signature, signed-length not enforced"
+    partly = dataclasses.replace(moto, accept_missing=frozenset({"signature", "signed-length"}))
+    with pytest.raises(NotReady, match="part-checksum"):
+        StorageCheck(lambda: s3, partly)()
+
+
+def test_a_server_that_enforces_everything_is_ready(unwatched) -> None:
+    s3 = create_s3_client(unwatched)
+    assert StorageCheck(lambda: s3, unwatched)() is None
+    # The probe leaves nothing behind: no object, no multipart upload under its prefix.
+    assert s3.list_objects_v2(Bucket=unwatched.uploads_bucket, Prefix=".dropgate-probe/").get("KeyCount", 0) == 0
+    uploads = s3.list_multipart_uploads(Bucket=unwatched.uploads_bucket, Prefix=".dropgate-probe/")
+    assert uploads.get("Uploads", []) == []
