@@ -49,7 +49,7 @@ SECRET_CONTRACT = {
     "dropgate-database": {"DATABASE_URL"},
     "dropgate-webhook": {"token"},
     "dropgate-metrics": {"token"},
-    "dropgate-minio-admin": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
+    "dropgate-minio-setup-user": {"user", "password"},
 }
 # DeliverySpec fields behind Knative Eventing feature flags (delivery-timeout: beta, on by default;
 # delivery-retryafter: alpha), which the CRD keeps via x-kubernetes-preserve-unknown-fields.
@@ -728,3 +728,42 @@ def test_the_minio_set_up_script_is_valid_and_refuses_sse_without_a_kms() -> Non
     # The KMS check comes before any bucket is made, and the webhook target keeps a queue.
     assert text.index("mc admin kms key status") < text.index("mc mb ")
     assert 'queue_dir="${MINIO_NOTIFY_QUEUE_DIR' in text
+
+
+# What each command of setup.sh needs in MinIO's policy language (minio/pkg policy/admin-action.go,
+# MinIO's S3 action keys): the set-up user gets exactly these, never admin:* or root.
+SETUP_COMMAND_ACTIONS = {
+    "mc admin info": {"admin:ServerInfo"},
+    "mc admin kms key status": {"admin:KMSKeyStatus"},
+    "mc admin policy create": {"admin:CreatePolicy"},
+    "mc admin user add": {"admin:CreateUser"},
+    "mc admin policy attach": {"admin:AttachUserOrGroupPolicy"},
+    "mc admin config set": {"admin:ConfigUpdate"},
+    "mc admin service restart": {"admin:ServiceRestart"},
+    "mc mb ": {"s3:CreateBucket", "s3:ListBucket", "s3:GetBucketLocation", "s3:PutBucketObjectLockConfiguration",
+               "s3:PutBucketVersioning"},
+    "mc ilm import": {"s3:PutLifecycleConfiguration"},
+    "mc cors set": {"s3:PutBucketCORS"},
+    "mc event add": {"s3:PutBucketNotification", "s3:GetBucketNotification"},
+    "mc encrypt set": {"s3:PutEncryptionConfiguration"},
+}
+
+
+def test_the_minio_set_up_user_may_do_what_the_script_does_and_no_more() -> None:
+    script = (REPO / "manifests" / "base" / "minio" / "setup.sh").read_text()
+    commands = {line.strip() for line in script.splitlines()}
+    used = {command for command in SETUP_COMMAND_ACTIONS if any(command in line for line in commands)}
+    assert used == set(SETUP_COMMAND_ACTIONS), f"setup.sh no longer runs {set(SETUP_COMMAND_ACTIONS) - used}"
+    assert not [line for line in commands if line.startswith("mc ") and not any(c in line for c in used)], \
+        "setup.sh runs an mc command this test does not know: add what it needs to setup-policy.json and here"
+    policy = json.loads((REPO / "manifests" / "base" / "minio" / "setup-policy.json").read_text())
+    granted = {action for statement in policy["Statement"] for action in statement["Action"]}
+    needed = set().union(*SETUP_COMMAND_ACTIONS.values())
+    assert needed <= granted, f"setup-policy.json lacks {needed - granted}"
+    assert not any(action.endswith("*") for action in granted), "no wildcard actions"
+    buckets = config_data(render("base"))
+    s3_statements = [s for s in policy["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
+    assert {r for s in s3_statements for r in s["Resource"]} == {
+        f"arn:aws:s3:::{buckets['DROPGATE_UPLOADS_BUCKET']}", f"arn:aws:s3:::{buckets['DROPGATE_QUARANTINE_BUCKET']}"}
+    (mc,) = named(render("prod"), "Job", "dropgate-minio-setup")["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in mc["env"] if "ROOT" in e["name"]], "the set-up Job never holds root credentials"

@@ -25,7 +25,7 @@ KNATIVE_CRDS = {"services.serving.knative.dev", "brokers.eventing.knative.dev", 
                 "eventtypes.eventing.knative.dev", "jobsinks.sinks.knative.dev", "eventpolicies.eventing.knative.dev"}
 PROD_SECRETS = {"dropgate-s3": {"access-key", "secret-key"}, "dropgate-database": {"DATABASE_URL"},
                 "dropgate-webhook": {"token"}, "dropgate-metrics": {"token"},
-                "dropgate-minio-admin": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}}
+                "dropgate-minio-setup-user": {"user", "password"}}
 OIDC = "knative-eventing/config-features authentication-oidc"
 
 
@@ -181,7 +181,7 @@ def test_without_a_kubeconfig_it_lists_the_checks_and_exits_0(tmp_path) -> None:
     assert lines[0].startswith("not checked: no reachable cluster (no kubeconfig at ")
     for check in ("CRD jobsinks.sinks.knative.dev", "authentication-oidc enabled", "delivery-timeout not disabled",
                   "Deployment knative-eventing/kafka-controller",
-                  "Secret dropgate/dropgate-minio-admin with keys MINIO_ROOT_PASSWORD, MINIO_ROOT_USER"):
+                  "Secret dropgate/dropgate-minio-setup-user with keys password, user"):
         assert any(check in line for line in lines), f"{check} not listed:\n{done.stdout}"
     assert "FAIL" not in done.stdout
 

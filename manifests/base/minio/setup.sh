@@ -18,7 +18,8 @@ arn="arn:minio:sqs::dropgate:webhook"
 
 echo "waiting for MinIO at ${MINIO_ENDPOINT} ..."
 attempt=0
-until mc alias set "$alias_name" "$MINIO_ENDPOINT" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null 2>&1 \
+# A set-up user, not root: its policy (setup-policy.json) allows exactly the admin and bucket actions below.
+until mc alias set "$alias_name" "$MINIO_ENDPOINT" "$MINIO_SETUP_USER" "$MINIO_SETUP_PASSWORD" >/dev/null 2>&1 \
       && mc admin info "$alias_name" >/dev/null 2>&1; do
   attempt=$((attempt + 1))
   if [ "$attempt" -ge 60 ]; then echo "MinIO did not answer" >&2; exit 1; fi
