@@ -27,6 +27,7 @@ import psycopg
 import pytest
 import yaml
 from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 from cloudevents.conversion import to_binary
 from cloudevents.http import from_http
 from psycopg.rows import dict_row
@@ -566,8 +567,19 @@ def test_a_scan_that_can_never_finish_ends_failed_after_n_attempts(stack, world,
         assert reasons == [NO_VERDICT, SCAN_STUCK]
 
         world.clock.advance(hours=1)
+        world.published.clear()
         assert world.run(max_attempts=2).failed == 1
         after = world.row(staged["id"])
+        # Giving up is a verdict like scan's: its event (scan's id for it), and the bytes in quarantine.
+        [gave_up] = world.published
+        assert isinstance(gave_up, ScanVerdict)
+        assert (gave_up.id, gave_up.verdict, gave_up.reason, gave_up.bucket, gave_up.key) == (
+            f"{staged['id']}.scan", "unscannable", after["status_reason"], world.storage.quarantine_bucket,
+            staged["object_key"])
+        assert gave_up.source == "dropgate/reconcile"
+        world.s3.head_object(Bucket=world.storage.quarantine_bucket, Key=staged["object_key"])
+        with pytest.raises(ClientError):
+            world.s3.head_object(Bucket=world.storage.uploads_bucket, Key=staged["object_key"])
         assert (after["status"], after["scan_verdict"], after["redrive_attempts"]) == ("unscannable", "unscannable", 2)
         assert after["status_reason"] == "not scanned after 2 re-drives: the scan never finished"
         trail = [a for actor, a, _ in audit_actions(world.database_url, staged["id"]) if actor == "system:reconcile"]

@@ -39,7 +39,7 @@ bounds = ReconcileBounds(
 def run_pass(event):
     ping = Ping.for_task(event, TASK)  # anything else is an InvalidEvent: 400
     summary = run_reconcile(instance.db, instance.s3, settings.storage, publish=instance.publish, trigger=ping.id,
-                            bounds=bounds)
+                            bounds=bounds, verdict_source=f"{settings.events.source}/reconcile")
     rescans = request_rescans(instance.db, instance.scanner, instance.sink.send_all, days=settings.reconcile.rescan_days,
                               max_per_run=settings.reconcile.rescan_max_per_run)
     return PassCompleted(id=f"reconcile-{summary.run_id}", source=f"{settings.events.source}/reconcile",

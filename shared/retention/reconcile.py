@@ -49,12 +49,14 @@ from botocore.exceptions import ClientError
 from psycopg_pool import ConnectionPool
 
 from events.notifications import digest
-from events.types import ObjectCreated
+from events.types import ObjectCreated, ScanVerdict
 from shared.platform import audit, metrics
 from shared.platform.audit import Actor
 from shared.platform.logs import log_event
 from shared.platform.settings import StorageSettings
+from shared.platform.storage import is_missing
 from shared.retention.cursors import lock_cursor, save_cursor
+from shared.scanning.quarantine import move_to_quarantine
 from shared.scanning.service import scan_lock_name
 from shared.uploads.model import (
     AWAITING_VERDICT,
@@ -69,6 +71,7 @@ logger = logging.getLogger("dropgate.reconcile")
 ACTOR: Final = Actor.system("reconcile")
 # The eventSource of the events dropgate emits on storage's behalf: source "dropgate:s3..<bucket>".
 EVENT_SOURCE: Final = "dropgate:s3"
+VERDICT_SOURCE: Final = "dropgate/reconcile"  # functions/reconcile passes "<DROPGATE_EVENT_SOURCE>/reconcile"
 
 # Why an upload is re-driven (audit `reason`, summary counters, metric label).
 NO_VERDICT: Final = "no_verdict"  # uploaded, completed longer than the grace period ago
@@ -81,10 +84,9 @@ _FAILURE_REASONS: Final = {
 }
 
 _MULTIPART_ETAG: Final = re.compile(r"-\d+$")
-_MISSING_CODES: Final = frozenset({"404", "NoSuchKey", "NotFound"})
 _START: Final = {"created_at": "-infinity", "id": str(uuid.UUID(int=0))}  # the pending cursor before the first row
 
-Publish = Callable[[Sequence[ObjectCreated]], None]
+Publish = Callable[[Sequence[ObjectCreated | ScanVerdict]], None]
 Clock = Callable[[], datetime]
 
 
@@ -128,7 +130,7 @@ def locate_object(s3: BaseClient, storage: StorageSettings, upload: UploadRow) -
         try:
             return bucket, s3.head_object(Bucket=bucket, Key=upload.object_key)
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING_CODES:
+            if is_missing(exc):
                 continue
             raise
     return None
@@ -183,7 +185,7 @@ class ReconcileSummary:
 class _Outcome:
     """What one batch did, counted into the summary (and the metrics) only once it committed."""
 
-    events: list[ObjectCreated] = field(default_factory=list)
+    events: list[ObjectCreated | ScanVerdict] = field(default_factory=list)
     redriven: dict[str, int] = field(default_factory=dict)  # reason -> uploads re-driven with an event
     missing: dict[str, int] = field(default_factory=dict)  # reason -> attempts without an object to announce
     failed: dict[str, int] = field(default_factory=dict)  # reason -> uploads marked failed
@@ -193,18 +195,20 @@ class _Outcome:
 
 def run_reconcile(pool: ConnectionPool, s3: BaseClient, storage: StorageSettings, *, publish: Publish,
                   clock: Clock = lambda: datetime.now(UTC), bounds: ReconcileBounds = ReconcileBounds(),
-                  trigger: str | None = None) -> ReconcileSummary:
+                  trigger: str | None = None, verdict_source: str = VERDICT_SOURCE) -> ReconcileSummary:
     """One pass over everything (see the module docstring)."""
-    return ReconcileJob(pool=pool, s3=s3, storage=storage, publish=publish, clock=clock, bounds=bounds).run(
-        trigger=trigger)
+    return ReconcileJob(pool=pool, s3=s3, storage=storage, publish=publish, clock=clock, bounds=bounds,
+                        verdict_source=verdict_source).run(trigger=trigger)
 
 
 class ReconcileJob:
     """One pass's dependencies and state; each step can also run alone (the tests do)."""
 
     def __init__(self, *, pool: ConnectionPool, s3: BaseClient, storage: StorageSettings, publish: Publish,
-                 clock: Clock = lambda: datetime.now(UTC), bounds: ReconcileBounds = ReconcileBounds()) -> None:
+                 clock: Clock = lambda: datetime.now(UTC), bounds: ReconcileBounds = ReconcileBounds(),
+                 verdict_source: str = VERDICT_SOURCE) -> None:
         self._pool = pool
+        self._verdict_source = verdict_source  # the CloudEvents source of the verdicts it gives up with
         self._s3 = s3
         self._storage = storage
         self._publish = publish
@@ -326,7 +330,9 @@ class ReconcileJob:
         if located is None:
             located = locate_object(self._s3, self._storage, row)
         if row.redrive_attempts >= self.bounds.max_attempts:
-            text = self._fail(conn, row, reason, object_found=located is not None)
+            text, verdict = self._fail(conn, row, reason, located)
+            if verdict is not None:
+                outcome.events.append(verdict)
             outcome.failed[reason] = outcome.failed.get(reason, 0) + 1
             outcome.failures.append({"upload_id": str(row.id), "status_before": row.status, "reason": text})
             return
@@ -346,25 +352,42 @@ class ReconcileJob:
         outcome.events.append(event)
         outcome.redriven[reason] = outcome.redriven.get(reason, 0) + 1
 
-    def _fail(self, conn: psycopg.Connection, row: UploadRow, reason: str, *, object_found: bool) -> str:
-        why = _FAILURE_REASONS[reason] if object_found else "the object is missing from storage"
+    def _fail(self, conn: psycopg.Connection, row: UploadRow, reason: str,
+              located: tuple[str, dict] | None) -> tuple[str, ScanVerdict | None]:
+        """Mark the upload unscannable, its object quarantined like scan's; (the reason, its verdict event)."""
+        why = _FAILURE_REASONS[reason] if located is not None else "the object is missing from storage"
         text = f"not scanned after {row.redrive_attempts} re-drives: {why}"
+        bucket = row.bucket  # where the object is after this: the row keeps naming the uploads bucket, as scan's do
+        if located is not None:
+            found_in, head = located
+            # Like every verdict that is not clean: the bytes leave the uploads bucket first (docs/scan.md).
+            bucket = self._storage.quarantine_bucket
+            if found_in != bucket:
+                move_to_quarantine(self._s3, self._storage, row.object_key, source_bucket=found_in,
+                                   version_id=head.get("VersionId"), legal_hold=row.legal_hold)
         # Scanner errors past the retry budget mean "not fully scanned": unscannable, never clean
         # (docs/scan.md). scan_detail too: a late delivery that finds this verdict replies with it.
-        conn.execute("UPDATE uploads SET status = %(status)s, scan_verdict = %(status)s, scan_detail = %(text)s,"
-                     " status_reason = %(text)s, updated_at = now() WHERE id = %(id)s AND status = ANY(%(awaiting)s)",
-                     {"status": UploadStatus.UNSCANNABLE, "text": text, "id": row.id,
-                      "awaiting": values(AWAITING_VERDICT)})
+        changed = conn.execute(
+            "UPDATE uploads SET status = %(status)s, scan_verdict = %(status)s, scan_detail = %(text)s,"
+            " status_reason = %(text)s, updated_at = now() WHERE id = %(id)s AND status = ANY(%(awaiting)s)",
+            {"status": UploadStatus.UNSCANNABLE, "text": text, "id": row.id,
+             "awaiting": values(AWAITING_VERDICT)}).rowcount
         audit.record(conn, ACTOR, "reconcile.failed", row.id, reason=text, cause=reason, status_before=row.status,
-                     attempts=row.redrive_attempts, key=row.object_key, object_found=object_found,
+                     attempts=row.redrive_attempts, key=row.object_key, object_found=located is not None,
                      run_id=self.summary.run_id)
-        return text
+        if not changed:
+            return text, None
+        # The verdict event scan would have sent, with scan's id for it: subscribers see one verdict per upload.
+        return text, ScanVerdict(
+            id=f"{row.id}.scan", source=self._verdict_source, time=self._now, upload_id=row.id,
+            verdict="unscannable", bucket=bucket, key=row.object_key,
+            size=located[1].get("ContentLength") if located else None, reason=text)
 
     def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
         try:
             return self._s3.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING_CODES:
+            if is_missing(exc):
                 return None
             raise
 
