@@ -767,3 +767,13 @@ def test_the_minio_set_up_user_may_do_what_the_script_does_and_no_more() -> None
         f"arn:aws:s3:::{buckets['DROPGATE_UPLOADS_BUCKET']}", f"arn:aws:s3:::{buckets['DROPGATE_QUARANTINE_BUCKET']}"}
     (mc,) = named(render("prod"), "Job", "dropgate-minio-setup")["spec"]["template"]["spec"]["containers"]
     assert not [e for e in mc["env"] if "ROOT" in e["name"]], "the set-up Job never holds root credentials"
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_a_deploy_checks_what_the_storage_server_enforces(name: str) -> None:
+    """The storage-check Job runs the probe with everything the storage section needs, and nothing else."""
+    (probe,) = named(render(name), "Job", "dropgate-storage-check")["spec"]["template"]["spec"]["containers"]
+    assert probe["command"] == ["python", "-m", "shared.platform.storage_probe"]
+    env_names = {e["name"] for e in probe["env"]}
+    assert set(required_variables(("storage",))) <= env_names
+    assert env_names <= variables_read(("storage",))

@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -176,3 +178,28 @@ def test_a_server_that_enforces_everything_is_ready(unwatched) -> None:
     assert s3.list_objects_v2(Bucket=unwatched.uploads_bucket, Prefix=".dropgate-probe/").get("KeyCount", 0) == 0
     uploads = s3.list_multipart_uploads(Bucket=unwatched.uploads_bucket, Prefix=".dropgate-probe/")
     assert uploads.get("Uploads", []) == []
+
+
+def _probe_command(settings: StorageSettings, **extra: str) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], "DROPGATE_S3_ENDPOINT": settings.endpoint_url,
+           "DROPGATE_S3_ACCESS_KEY": settings.access_key_id, "DROPGATE_S3_SECRET_KEY": settings.secret_access_key,
+           "DROPGATE_UPLOADS_BUCKET": settings.uploads_bucket, "DROPGATE_QUARANTINE_BUCKET": settings.quarantine_bucket,
+           **extra}
+    return subprocess.run([sys.executable, "-m", "shared.platform.storage_probe"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_the_probe_as_a_deploy_step_passes_a_server_that_enforces_everything(unwatched) -> None:
+    done = _probe_command(unwatched)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["enforced"] == sorted(str(c) for c in ALL)
+
+
+def test_the_probe_as_a_deploy_step_fails_a_server_that_lacks_a_guarantee(moto) -> None:
+    done = _probe_command(moto)
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["refused"] == ["part-checksum", "signature", "signed-length"]
+    assert "storage does not enforce part-checksum" in done.stderr
+    accepted = _probe_command(moto, DROPGATE_STORAGE_ACCEPT_MISSING="part-checksum,signature,signed-length")
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["accepted"] == ["part-checksum", "signature", "signed-length"]

@@ -169,3 +169,36 @@ class StorageCheck:
                               details={str(c): d for c, d in result.details.items() if c in result.missing})
                 self._result = result
             return self._result
+
+
+def main() -> int:
+    """`python -m shared.platform.storage_probe`: the probe as a step of a deploy (manifests/base/jobs/).
+
+    Prints what the server enforces as one JSON line; exits 1 when it lacks a capability the
+    settings do not accept (the reason on stderr), 2 on a configuration error.
+    """
+    import json
+    import sys
+
+    from shared.platform.settings import Settings, SettingsError
+    from shared.platform.storage import create_s3_client
+
+    try:
+        settings = Settings.from_env(["storage"]).storage
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    result = probe_storage(create_s3_client(settings), settings)
+    refused = sorted(result.missing - settings.accept_missing)
+    print(json.dumps({"enforced": sorted(result.enforced), "missing": sorted(result.missing),
+                      "accepted": sorted(result.missing & settings.accept_missing), "refused": refused,
+                      "details": {str(c): d for c, d in result.details.items()}}))
+    if refused:
+        print("storage does not enforce " + "; ".join(f"{c} ({GUARANTEES[Capability(c)]})" for c in refused),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
