@@ -129,9 +129,12 @@ class DropgateClient:
             self._observe("part PUT", time.perf_counter() - started)
         return reply
 
-    def complete(self, upload_id: str, etags: dict[int, str]) -> Reply:
-        return self._api("complete", "POST", f"/uploads/{upload_id}/complete",
-                         json_body={"parts": [{"number": n, "etag": e} for n, e in sorted(etags.items())]})
+    def complete(self, upload_id: str, etags: dict[int, str], checksums: dict[int, str] | None = None) -> Reply:
+        """Complete with the parts' ETags, and their base64 SHA-256s when given (storage that needs them named)."""
+        known = checksums or {}
+        parts = [{"number": n, "etag": e, **({"sha256": known[n]} if n in known else {})}
+                 for n, e in sorted(etags.items())]
+        return self._api("complete", "POST", f"/uploads/{upload_id}/complete", json_body={"parts": parts})
 
     def status(self, upload_id: str) -> Reply:
         return self._api("status", "GET", f"/uploads/{upload_id}")

@@ -208,6 +208,38 @@ def test_storage_refuses_a_part_of_the_wrong_length_or_content(presign, idp, s3,
     assert parts.get("Parts", []) == []
 
 
+def test_storage_that_requires_part_checksums_gets_one_on_every_part(stack, database_url, idp, s3, unwatched) -> None:
+    """DROPGATE_S3_PART_CHECKSUMS=required (AWS S3): uploads are created with ChecksumAlgorithm=SHA256,
+    a part request without its sha256 is refused, and completion names each part's checksum."""
+    port = free_port()
+    child = stack.start_function("presign", port=port, label="presign-part-checksums",
+                                 extra_env={**presign_env(idp), "DROPGATE_S3_PART_CHECKSUMS": "required"})
+    try:
+        url, token = f"http://127.0.0.1:{port}", idp.token(user())
+        data = payload(10 * MIB, seed=11)
+        upload = create(url, token, data).json()
+        bare = DropgateClient(url, token).sign(upload["id"], {1: None})
+        assert bare.status == 400 and "part 1 needs its sha256" in bare.json()["detail"]
+        etags = upload_parts(url, token, upload, data)
+        # SeaweedFS's ListParts does not report part checksums, so the completion must name them.
+        client = DropgateClient(url, token)
+        unnamed = client.complete(upload["id"], etags)
+        assert unnamed.status == 400 and "part 1 needs its sha256 at completion" in unnamed.json()["detail"]
+        wrong = client.complete(upload["id"], etags, {1: b64sha(data[8 * MIB:]), 2: b64sha(data[8 * MIB:])})
+        assert wrong.status == 400 and "storage refused the complete multipart upload" in wrong.json()["detail"]
+        assert row(database_url, upload["id"])["status"] == "pending"  # a corrected completion may follow
+        done = client.complete(upload["id"], etags, {1: b64sha(data[:8 * MIB]), 2: b64sha(data[8 * MIB:])})
+        assert done.status == 200, done.body
+        assert s3.get_object(Bucket=unwatched.uploads_bucket, Key=upload["key"])["Body"].read() == data
+        # Storage kept the object's composite SHA-256 (of the two parts' checksums): the upload was a SHA-256 one.
+        composite = base64.b64encode(hashlib.sha256(
+            hashlib.sha256(data[:8 * MIB]).digest() + hashlib.sha256(data[8 * MIB:]).digest()).digest()).decode()
+        head = s3.head_object(Bucket=unwatched.uploads_bucket, Key=upload["key"], ChecksumMode="ENABLED")
+        assert head.get("ChecksumSHA256") == f"{composite}-2", head
+    finally:
+        child.stop()
+
+
 # -- authentication --
 
 @pytest.mark.parametrize("case", ["missing", "not_bearer", "forged", "expired", "wrong_audience", "wrong_issuer",

@@ -52,6 +52,7 @@ def test_error_message_lists_the_variables():
     ("DROPGATE_STORAGE_ACCEPT_MISSING", "signature,everything", "everything is not a capability"),
     ("DROPGATE_S3_ADDRESSING_STYLE", "host", "expected path or virtual"),
     ("DROPGATE_S3_CHECKSUMS", "always", "expected when_required or when_supported"),
+    ("DROPGATE_S3_PART_CHECKSUMS", "sometimes", "expected optional or required"),
 ])
 def test_malformed_values_name_the_variable_and_the_reason(name, value, reason):
     environ = {**STORAGE_ENV, **AUTH_ENV, "DATABASE_URL": "postgresql://x/y", name: value}

@@ -75,6 +75,10 @@ class StorageSettings:
     # only the checksums an operation needs (self-hosted servers differ in what optional ones they
     # accept); "when_supported" is boto3's own default since 1.36 (CRC32 on every upload).
     checksum_mode: str = "when_required"
+    # "optional": a part carries a SHA-256 when the client sent one. "required": multipart uploads are
+    # created with ChecksumAlgorithm=SHA256 and every part URL must carry one: what AWS S3 needs to
+    # accept a part's x-amz-checksum-sha256 at all, and what MinIO then insists on for every part.
+    part_checksums: str = "optional"
 
     @classmethod
     def read(cls, env: EnvReader) -> StorageSettings:
@@ -96,8 +100,12 @@ class StorageSettings:
         checksums = env.text("DROPGATE_S3_CHECKSUMS", "when_required")
         if checksums not in ("when_required", "when_supported"):
             env.problems.append(f"DROPGATE_S3_CHECKSUMS={checksums!r}: expected when_required or when_supported")
+        part_checksums = env.text("DROPGATE_S3_PART_CHECKSUMS", "optional")
+        if part_checksums not in ("optional", "required"):
+            env.problems.append(f"DROPGATE_S3_PART_CHECKSUMS={part_checksums!r}: expected optional or required")
         return cls(
             accept_missing=accept_missing, addressing_style=addressing, checksum_mode=checksums,
+            part_checksums=part_checksums,
             endpoint_url=endpoint,
             public_endpoint_url=env.optional_url("DROPGATE_S3_PUBLIC_ENDPOINT") or endpoint,
             region=env.text("DROPGATE_S3_REGION", "us-east-1"),

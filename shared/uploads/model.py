@@ -154,6 +154,7 @@ class StoredPart:
     number: int
     size: int
     etag: str
+    sha256: str | None = None  # base64, when the multipart upload was created with ChecksumAlgorithm=SHA256
 
     def public(self) -> dict[str, Any]:
         return {"number": self.number, "size": self.size, "etag": self.etag}

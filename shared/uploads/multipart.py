@@ -15,7 +15,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.platform import tracing
-from shared.platform.errors import DependencyUnavailable
+from shared.platform.errors import BadRequest, DependencyUnavailable
 from shared.platform.settings import StorageSettings
 from shared.platform.storage import error_code, is_missing, sse_arguments
 from shared.uploads.model import StoredPart
@@ -29,6 +29,12 @@ _RAISE: Final = object()  # `_call` raises a "not there" answer too
 
 def storage_unavailable(exc: Exception) -> DependencyUnavailable:
     return DependencyUnavailable(f"storage is unavailable: {exc}", headers={"Retry-After": "5"})
+
+
+# What storage answers when the parts a completion names are not the ones it holds (a wrong ETag or
+# checksum): the caller's mistake, 400, and the upload stays pending for a corrected completion.
+_COMPLETION_REFUSALS: Final = frozenset({"InvalidPart", "InvalidPartOrder", "InvalidRequest", "BadDigest",
+                                         "InvalidDigest"})
 
 
 class MultipartStorage:
@@ -46,8 +52,14 @@ class MultipartStorage:
         if traceparent:
             # The object keeps it, and storage's notification repeats it: how the trace crosses storage.
             metadata[tracing.TRACEPARENT] = traceparent
+        checksum = {"ChecksumAlgorithm": "SHA256"} if self.requires_part_checksums else {}
         return self._call("create_multipart_upload", Bucket=bucket, Key=key, ContentType=content_type,
-                          Metadata=metadata, **sse_arguments(self._storage))["UploadId"]
+                          Metadata=metadata, **checksum, **sse_arguments(self._storage))["UploadId"]
+
+    @property
+    def requires_part_checksums(self) -> bool:
+        """Whether every part must carry its SHA-256 (DROPGATE_S3_PART_CHECKSUMS=required; docs/storage.md)."""
+        return self._storage.part_checksums == "required"
 
     def abort(self, bucket: str, key: str, storage_upload_id: str) -> None:
         self._call("abort_multipart_upload", gone=None, Bucket=bucket, Key=key, UploadId=storage_upload_id)
@@ -61,17 +73,34 @@ class MultipartStorage:
                                   PartNumberMarker=marker)
             if response is None:
                 return []
-            parts += [StoredPart(p["PartNumber"], p["Size"], normalise_etag(p["ETag"]))
+            parts += [StoredPart(p["PartNumber"], p["Size"], normalise_etag(p["ETag"]), p.get("ChecksumSHA256"))
                       for p in response.get("Parts", [])]
             if not response.get("IsTruncated"):
                 return parts
             marker = response["NextPartNumberMarker"]
 
     def complete(self, bucket: str, key: str, storage_upload_id: str, parts: Iterable[CompletedPart]) -> str:
-        """CompleteMultipartUpload; the object's ETag."""
-        result = self._call("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=storage_upload_id,
-                            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'}
-                                                       for p in sorted(parts, key=lambda p: p.number)]})
+        """CompleteMultipartUpload; the object's ETag.
+
+        An upload created with ChecksumAlgorithm=SHA256 names each part's checksum too (AWS's
+        CompletedPart.ChecksumSHA256): the one storage's ListParts reports (AWS does), else the one
+        the client sent (SeaweedFS reports none). Storage compares it with the part it holds, so a
+        wrong one fails the completion instead of being believed.
+        """
+        reported = ({p.number: p.sha256 for p in self.stored_parts(bucket, key, storage_upload_id)}
+                    if self.requires_part_checksums else {})
+        listed = []
+        for part in sorted(parts, key=lambda p: p.number):
+            entry = {"PartNumber": part.number, "ETag": f'"{part.etag}"'}
+            checksum = reported.get(part.number) or (part.sha256 if self.requires_part_checksums else None)
+            if checksum:
+                entry["ChecksumSHA256"] = checksum
+            elif self.requires_part_checksums:
+                raise BadRequest(f"part {part.number} needs its sha256 at completion: storage does not report it "
+                                 "and takes no part without it (DROPGATE_S3_PART_CHECKSUMS=required)")
+            listed.append(entry)
+        result = self._call("complete_multipart_upload", refused=_COMPLETION_REFUSALS, Bucket=bucket, Key=key,
+                            UploadId=storage_upload_id, MultipartUpload={"Parts": listed})
         return normalise_etag(result.get("ETag", ""))
 
     def head(self, bucket: str, key: str) -> dict[str, Any] | None:
@@ -93,13 +122,17 @@ class MultipartStorage:
             raise storage_unavailable(exc) from exc
         return "applied"
 
-    def _call(self, operation: str, gone: Any = _RAISE, **arguments: Any) -> Any:
-        """One S3 call; a "not there" answer returns `gone` when given, every other failure is a 503."""
+    def _call(self, operation: str, gone: Any = _RAISE, refused: frozenset[str] = frozenset(),
+              **arguments: Any) -> Any:
+        """One S3 call; a "not there" answer returns `gone` when given, a code in `refused` (the request's
+        own fault) is a 400, every other failure is a 503."""
         try:
             return getattr(self._s3, operation)(**arguments)
         except ClientError as exc:
             if gone is not _RAISE and is_missing(exc):
                 return gone
+            if error_code(exc) in refused:
+                raise BadRequest(f"storage refused the {operation.replace('_', ' ')}: {error_code(exc)}") from exc
             raise storage_unavailable(exc) from exc
         except BotoCoreError as exc:
             raise storage_unavailable(exc) from exc

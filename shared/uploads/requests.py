@@ -75,6 +75,9 @@ class PartRequest:
 class CompletedPart:
     number: int
     etag: str
+    # Base64 SHA-256 the client uploaded the part with; only used where storage needs it named at completion
+    # and does not report it itself (DROPGATE_S3_PART_CHECKSUMS=required). Storage checks it against the part.
+    sha256: str | None = None
 
     @classmethod
     def list_from_json(cls, body: dict[str, Any], *, number_key: str = "number",
@@ -90,7 +93,8 @@ class CompletedPart:
                 number = int(number)
             if not isinstance(number, int) or isinstance(number, bool) or not isinstance(etag, str) or not etag:
                 raise BadRequest(f"parts[{index}]: expected {{{number_key}: integer, {etag_key}: string}}")
-            parsed.append(cls(number=number, etag=normalise_etag(etag)))
+            sha256 = part_checksum(part.get("sha256"), f"parts[{index}].sha256")
+            parsed.append(cls(number=number, etag=normalise_etag(etag), sha256=sha256))
         return parsed
 
 

@@ -212,6 +212,9 @@ class UploadService:
             if not 1 <= request.number <= upload.part_count:
                 raise BadRequest(f"part {request.number} does not exist; this upload has parts 1..{upload.part_count}")
             headers = {"Content-Length": str(part_length(request.number, upload.declared_size, upload.part_size))}
+            if not request.sha256_base64 and self._storage_calls.requires_part_checksums:
+                raise BadRequest(f"part {request.number} needs its sha256: this storage takes only parts that carry "
+                                 "their SHA-256 (DROPGATE_S3_PART_CHECKSUMS=required)")
             if request.sha256_base64:
                 headers["x-amz-checksum-sha256"] = request.sha256_base64
             url = self._signer.presign("PUT", upload.bucket, upload.object_key,

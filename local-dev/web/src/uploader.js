@@ -40,6 +40,9 @@ export function createUploader({ api, target, onNotice, limit = 6, maxFileSize =
   const reserved = new Map()
   /** File blob → presign's part size for it: the plugin's getChunkSize only sees the blob. */
   const partSizes = new WeakMap()
+  // The SHA-256 each part was signed with, by upload id and part number: named again at completion for
+  // storage that needs them there (DROPGATE_S3_PART_CHECKSUMS=required; storage checks them).
+  const partChecksums = new Map()
 
   const uppy = new Uppy({
     id: 'dropgate',
@@ -93,6 +96,8 @@ export function createUploader({ api, target, onNotice, limit = 6, maxFileSize =
     async signPart(file, { uploadId, partNumber, body, signal }) {
       const sha256 = await sha256Base64(body)
       const [signed] = await api.signParts(uploadId, [{ number: partNumber, sha256 }], signal)
+      if (!partChecksums.has(uploadId)) partChecksums.set(uploadId, new Map())
+      partChecksums.get(uploadId).set(partNumber, sha256)
       // Content-Length is signed too, but browsers set it themselves (and refuse to be told).
       const headers = Object.fromEntries(
         Object.entries(signed.headers).filter(([name]) => name.toLowerCase() !== 'content-length'),
@@ -109,11 +114,16 @@ export function createUploader({ api, target, onNotice, limit = 6, maxFileSize =
     },
 
     async completeMultipartUpload(file, { uploadId, parts, signal }) {
+      const known = partChecksums.get(uploadId) ?? new Map()
       const upload = await api.completeUpload(
         uploadId,
-        parts.map((part) => ({ number: part.PartNumber, etag: part.ETag })),
+        parts.map((part) => {
+          const sha256 = known.get(part.PartNumber)
+          return { number: part.PartNumber, etag: part.ETag, ...(sha256 ? { sha256 } : {}) }
+        }),
         signal,
       )
+      partChecksums.delete(uploadId)
       return { location: `${api.baseUrl}/uploads/${upload.id}`, dropgateId: upload.id, status: upload.status }
     },
 
