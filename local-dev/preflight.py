@@ -234,14 +234,26 @@ def checks(needs: Requirements) -> list[str]:
             + [_secret_what(needs.namespace, n, k) for n, k in needs.secrets.items()])
 
 
+# What each part of the cluster state is, in "could not <...>" when kubectl was refused it (RBAC).
+_READING: Final = {"namespace": "read it", "crds": "list CRDs", "config_maps": "read ConfigMaps",
+                   "deployments": "list Deployments", "secrets": "list Secrets"}
+
+
+def _unreadable(state: ClusterState, part: str, what: str) -> Finding | None:
+    """The failed finding of a check whose part of the cluster could not be read, with kubectl's reason."""
+    if part not in state.unread:
+        return None
+    return Finding(False, what, f"could not {_READING[part]}: {state.unread[part]}")
+
+
 def _namespace_what(needs: Requirements) -> str:
     return f"namespace {needs.namespace}"
 
 
 def _namespace_finding(needs: Requirements, state: ClusterState) -> Finding:
     what = _namespace_what(needs)
-    if "namespace" in state.unread:
-        return Finding(False, what, f"could not read it: {state.unread['namespace']}")
+    if unread := _unreadable(state, "namespace", what):
+        return unread
     if state.namespace_exists:
         return Finding(True, what, "exists")
     if not needs.secrets and needs.namespace_rendered:
@@ -256,8 +268,8 @@ def _crd_what(name: str, versions: frozenset[str]) -> str:
 
 def _crd_finding(name: str, versions: frozenset[str], state: ClusterState) -> Finding:
     what = _crd_what(name, versions)
-    if "crds" in state.unread:
-        return Finding(False, what, f"could not list CRDs: {state.unread['crds']}")
+    if unread := _unreadable(state, "crds", what):
+        return unread
     if name not in state.crds:
         group = name.split(".", 1)[1]
         provider = CRD_PROVIDERS.get(group, f"the component that serves {group}")
@@ -276,8 +288,8 @@ def _limit_what(limit: LimitNeed) -> str:
 
 def _limit_finding(limit: LimitNeed, state: ClusterState) -> Finding:
     what = _limit_what(limit)
-    if "config_maps" in state.unread:
-        return Finding(False, what, f"could not read ConfigMaps: {state.unread['config_maps']}")
+    if unread := _unreadable(state, "config_maps", what):
+        return unread
     raw = state.config_maps.get(SERVING_DEFAULTS, {}).get(limit.key)
     value = int(raw) if raw else limit.upstream_default
     source = f"{value}" if raw else f"{value} (absent: upstream default)"
@@ -294,8 +306,8 @@ def _feature_what(feature: FeatureNeed) -> str:
 
 def _feature_finding(feature: FeatureNeed, state: ClusterState) -> Finding:
     what = _feature_what(feature)
-    if "config_maps" in state.unread:
-        return Finding(False, what, f"could not read ConfigMaps: {state.unread['config_maps']}")
+    if unread := _unreadable(state, "config_maps", what):
+        return unread
     raw = state.config_maps.get(feature.config_map, {}).get(feature.key)
     value = (raw or feature.upstream_default).strip().lower()
     source = value if raw else f"{value} (absent: upstream default)"
@@ -306,8 +318,8 @@ def _feature_finding(feature: FeatureNeed, state: ClusterState) -> Finding:
 
 def _deployment_finding(name: str, why: str, state: ClusterState) -> Finding:
     what = f"Deployment {name} ({why})"
-    if "deployments" in state.unread:
-        return Finding(False, what, f"could not list Deployments: {state.unread['deployments']}")
+    if unread := _unreadable(state, "deployments", what):
+        return unread
     if name in state.deployments:
         return Finding(True, what, "present")
     install = ("eventing-kafka-broker (controller and data plane)" if "kafka" in name
@@ -321,8 +333,8 @@ def _secret_what(namespace: str, name: str, keys: frozenset[str]) -> str:
 
 def _secret_finding(namespace: str, name: str, keys: frozenset[str], state: ClusterState) -> Finding:
     what = _secret_what(namespace, name, keys)
-    if "secrets" in state.unread:
-        return Finding(False, what, f"could not list Secrets: {state.unread['secrets']}")
+    if unread := _unreadable(state, "secrets", what):
+        return unread
     create = f"kubectl -n {namespace} create secret generic {name} " + " ".join(
         f"--from-literal={k}=…" for k in sorted(keys))
     if name not in state.secrets:

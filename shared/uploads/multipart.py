@@ -79,16 +79,17 @@ class MultipartStorage:
                 return parts
             marker = response["NextPartNumberMarker"]
 
-    def complete(self, bucket: str, key: str, storage_upload_id: str, parts: Iterable[CompletedPart]) -> str:
+    def complete(self, bucket: str, key: str, storage_upload_id: str, parts: Iterable[CompletedPart],
+                 stored: Iterable[StoredPart]) -> str:
         """CompleteMultipartUpload; the object's ETag.
 
         An upload created with ChecksumAlgorithm=SHA256 names each part's checksum too (AWS's
-        CompletedPart.ChecksumSHA256): the one storage's ListParts reports (AWS does), else the one
-        the client sent (SeaweedFS reports none). Storage compares it with the part it holds, so a
+        CompletedPart.ChecksumSHA256): the one storage's ListParts reported in `stored` (the parts the
+        caller checked the completion against; AWS reports them), else the one the client sent
+        (SeaweedFS reports none). Storage compares it with the part it holds, so a
         wrong one fails the completion instead of being believed.
         """
-        reported = ({p.number: p.sha256 for p in self.stored_parts(bucket, key, storage_upload_id)}
-                    if self.requires_part_checksums else {})
+        reported = {p.number: p.sha256 for p in stored} if self.requires_part_checksums else {}
         listed = []
         for part in sorted(parts, key=lambda p: p.number):
             entry = {"PartNumber": part.number, "ETag": f'"{part.etag}"'}

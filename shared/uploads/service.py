@@ -259,7 +259,7 @@ class UploadService:
                 problem = None
                 updated = self._record_completion(conn, upload, claimed, etag, actor, found_completed=True)
             elif problem is None:
-                updated = self._complete_in_storage(conn, upload, claimed, actor)
+                updated = self._complete_in_storage(conn, upload, claimed, stored, actor)
             else:
                 self._storage_calls.abort(upload.bucket, upload.object_key, upload.storage_upload_id)
                 self._storage_calls.delete(upload.bucket, upload.object_key)
@@ -295,8 +295,8 @@ class UploadService:
                       outcome="not_announced", error=f"{type(exc).__name__}: {exc}"[:300])
 
     def _complete_in_storage(self, conn: psycopg.Connection, row: UploadRow, claimed: list[CompletedPart],
-                             actor: Actor) -> UploadRow:
-        etag = self._storage_calls.complete(row.bucket, row.object_key, row.storage_upload_id, claimed)
+                             stored: list[StoredPart], actor: Actor) -> UploadRow:
+        etag = self._storage_calls.complete(row.bucket, row.object_key, row.storage_upload_id, claimed, stored)
         return self._record_completion(conn, row, claimed, etag, actor)
 
     def _record_completion(self, conn: psycopg.Connection, row: UploadRow, claimed: list[CompletedPart],
