@@ -777,3 +777,20 @@ def test_a_deploy_checks_what_the_storage_server_enforces(name: str) -> None:
     env_names = {e["name"] for e in probe["env"]}
     assert set(required_variables(("storage",))) <= env_names
     assert env_names <= variables_read(("storage",))
+
+
+def test_the_storage_probe_expects_what_the_minio_set_up_configures_and_may_read_it() -> None:
+    """DROPGATE_STORAGE_EXPECT names what setup.sh makes; the functions' MinIO policy lets the probe read it back."""
+    script = (REPO / "manifests" / "base" / "minio" / "setup.sh").read_text()
+    for name in OVERLAYS:
+        expect = set(config_data(render(name))["DROPGATE_STORAGE_EXPECT"].split(","))
+        assert expect == {"object-lock", "notifications"}, name
+    assert script.count("mc mb --ignore-existing --with-lock") == 2, "both buckets are made with Object Lock"
+    assert "mc event add" in script
+    policy_text = script.split("cat > /tmp/policy.json <<JSON\n", 1)[1].split("\nJSON\n", 1)[0]
+    policy = json.loads(policy_text.replace("${DROPGATE_UPLOADS_BUCKET}", "u").replace("${DROPGATE_QUARANTINE_BUCKET}",
+                                                                                      "q"))
+    granted = {action for statement in policy["Statement"] for action in statement["Action"]}
+    # What storage_probe reads of a bucket (GetObjectLockConfiguration, GetBucketVersioning,
+    # GetBucketNotificationConfiguration), in MinIO's policy action names.
+    assert {"s3:GetBucketObjectLockConfiguration", "s3:GetBucketVersioning", "s3:GetBucketNotification"} <= granted

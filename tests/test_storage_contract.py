@@ -39,11 +39,18 @@ from shared.platform.storage_probe import Capability, StorageCheck, _put, probe_
 
 MIB = 1024 * 1024
 ALL = frozenset(Capability)
-# What each server enforces, as measured here (docs/storage.md "S3 servers").
+CONFIGURED = frozenset({Capability.OBJECT_LOCK, Capability.NOTIFICATIONS})
+# What each server enforces, as measured here (docs/storage.md "S3 servers"), with both buckets made
+# by set_up_buckets with Object Lock and notifications set through the S3 API where the server keeps them.
 ENFORCES = {
-    "seaweedfs": ALL,
-    "moto": frozenset({Capability.SSE}),  # moto answers the SSE it was asked for; it checks no signature at all
+    # SeaweedFS configures notifications in its filer (local-dev/seaweed.py); its S3 API keeps none.
+    "seaweedfs": ALL - {Capability.NOTIFICATIONS},
+    # moto answers the SSE it was asked for and keeps bucket configuration; it checks no signature at all.
+    "moto": frozenset({Capability.SSE}) | CONFIGURED,
 }
+# A notification configuration as AWS takes it (moto checks the ARN's form; MinIO's are arn:minio:sqs::…).
+NOTIFY_ALL = {"QueueConfigurations": [{"Id": "dropgate", "QueueArn": "arn:aws:sqs:us-east-1:123456789012:dropgate",
+                                       "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]}
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +76,24 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, StorageSettings]:
     if request.param == "seaweedfs":
         return "seaweedfs", request.getfixturevalue("unwatched")
     return "moto", request.getfixturevalue("moto")
+
+
+@pytest.fixture
+def configured(backend) -> tuple[str, StorageSettings]:
+    """Fresh buckets as a production set-up makes them: with Object Lock, and notifying puts and deletes
+    through the S3 notification API where the server keeps such a configuration."""
+    name, settings = backend
+    suffix = uuid.uuid4().hex[:8]
+    locked = dataclasses.replace(settings, uploads_bucket=f"locked-uploads-{suffix}",
+                                 quarantine_bucket=f"locked-quarantine-{suffix}", expect=frozenset({"object-lock"}))
+    set_up_buckets(locked)
+    s3 = create_s3_client(locked)
+    for bucket in (locked.uploads_bucket, locked.quarantine_bucket):
+        try:
+            s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=NOTIFY_ALL)
+        except ClientError:
+            assert name == "seaweedfs"  # its S3 API has no notification configuration (filer config instead)
+    return name, locked
 
 
 def _b64sha(data: bytes) -> str:
@@ -148,12 +173,62 @@ def test_sse_tagging_and_lifecycle_are_accepted(backend) -> None:
 
 # -- what each server enforces, and the probe's conclusion --
 
-def test_the_probe_finds_what_each_server_enforces(backend) -> None:
-    name, settings = backend
-    result = probe_storage(create_s3_client(settings), settings)
+def test_notification_configuration_is_kept_where_the_server_has_it(configured) -> None:
+    name, settings = configured
+    s3 = create_s3_client(settings)
+    kept = s3.get_bucket_notification_configuration(Bucket=settings.uploads_bucket)
+    kept.pop("ResponseMetadata", None)
+    if Capability.NOTIFICATIONS in ENFORCES[name]:
+        assert kept == NOTIFY_ALL
+    else:  # SeaweedFS answers an empty configuration: its notifications live in the filer's config
+        assert kept == {}
+
+
+def test_buckets_made_with_object_lock_are_versioned(configured) -> None:
+    _, settings = configured
+    s3 = create_s3_client(settings)
+    for bucket in (settings.uploads_bucket, settings.quarantine_bucket):
+        assert s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]["ObjectLockEnabled"] == \
+            "Enabled"
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+
+
+def test_the_probe_finds_what_each_server_enforces(configured) -> None:
+    name, settings = configured
+    expecting = dataclasses.replace(settings, expect=frozenset(str(c) for c in CONFIGURED))
+    result = probe_storage(create_s3_client(settings), expecting)
     assert result.enforced == ENFORCES[name], result.details
     assert result.missing == ALL - ENFORCES[name]
     assert {str(c) for c in Capability} == STORAGE_CAPABILITIES  # the settings know every capability
+    # What a deployment configures is checked only where it is expected.
+    assert probe_storage(create_s3_client(settings), dataclasses.replace(settings, expect=frozenset())).enforced == \
+        ENFORCES[name] - CONFIGURED
+
+
+def test_the_probe_names_what_a_bucket_was_not_configured_with(moto) -> None:
+    s3, suffix = create_s3_client(moto), uuid.uuid4().hex[:8]
+    plain = dataclasses.replace(moto, uploads_bucket=f"plain-uploads-{suffix}", quarantine_bucket=f"plain-q-{suffix}",
+                                expect=frozenset())
+    set_up_buckets(plain)  # no Object Lock expected: made without it
+    s3.put_bucket_notification_configuration(Bucket=plain.uploads_bucket, NotificationConfiguration={
+        "QueueConfigurations": [{**NOTIFY_ALL["QueueConfigurations"][0], "Events": ["s3:ObjectCreated:*"]}]})
+    expecting = dataclasses.replace(plain, expect=frozenset({"object-lock", "notifications"}))
+    result = probe_storage(s3, expecting)
+    assert {Capability.OBJECT_LOCK, Capability.NOTIFICATIONS} <= result.missing
+    assert f"{plain.uploads_bucket}: no Object Lock (ObjectLockConfigurationNotFoundError" in \
+        result.details[Capability.OBJECT_LOCK]
+    assert f"{plain.uploads_bucket}: no notification of object removal" in result.details[Capability.NOTIFICATIONS]
+    assert f"{plain.quarantine_bucket}: no notification of object creation or removal" in \
+        result.details[Capability.NOTIFICATIONS]
+    accepting = dataclasses.replace(expecting, accept_missing=frozenset({"signature", "signed-length",
+                                                                          "part-checksum"}))
+    with pytest.raises(NotReady) as refused:
+        StorageCheck(lambda: s3, accepting)()
+    reason = str(refused.value)
+    assert (f"notifications (every upload and removal reaches dropgate as an event: {plain.uploads_bucket}: "
+            "no notification of object removal; ") in reason
+    assert f"object-lock (legal holds and quarantined evidence outlive the lifecycle rule: {plain.uploads_bucket}: " \
+        "no Object Lock" in reason
 
 
 def test_a_server_that_lacks_a_guarantee_is_refused_unless_it_is_accepted(moto) -> None:
@@ -184,7 +259,7 @@ def _probe_command(settings: StorageSettings, **extra: str) -> subprocess.Comple
     env = {"PATH": os.environ["PATH"], "DROPGATE_S3_ENDPOINT": settings.endpoint_url,
            "DROPGATE_S3_ACCESS_KEY": settings.access_key_id, "DROPGATE_S3_SECRET_KEY": settings.secret_access_key,
            "DROPGATE_UPLOADS_BUCKET": settings.uploads_bucket, "DROPGATE_QUARANTINE_BUCKET": settings.quarantine_bucket,
-           **extra}
+           "DROPGATE_STORAGE_EXPECT": ",".join(sorted(settings.expect)), **extra}
     return subprocess.run([sys.executable, "-m", "shared.platform.storage_probe"], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
@@ -192,7 +267,13 @@ def _probe_command(settings: StorageSettings, **extra: str) -> subprocess.Comple
 def test_the_probe_as_a_deploy_step_passes_a_server_that_enforces_everything(unwatched) -> None:
     done = _probe_command(unwatched)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["enforced"] == sorted(str(c) for c in ALL)
+    assert json.loads(done.stdout)["enforced"] == sorted(str(c) for c in ALL - CONFIGURED)
+    # The local stack's buckets are made without Object Lock and notify through SeaweedFS's filer.
+    unconfigured = _probe_command(unwatched, DROPGATE_STORAGE_EXPECT="object-lock,notifications")
+    assert unconfigured.returncode == 1
+    assert json.loads(unconfigured.stdout)["refused"] == ["notifications", "object-lock"]
+    assert f"object-lock (legal holds and quarantined evidence outlive the lifecycle rule: {unwatched.uploads_bucket}: " \
+        "no Object Lock" in unconfigured.stderr
 
 
 def test_the_probe_as_a_deploy_step_fails_a_server_that_lacks_a_guarantee(moto) -> None:

@@ -32,7 +32,10 @@ MAX_RETENTION_DAYS: Final = 30
 
 SSE_ALGORITHMS: Final = ("AES256", "aws:kms", "none")
 # What the storage probe checks (shared.platform.storage_probe.Capability, kept equal by a test there).
-STORAGE_CAPABILITIES: Final = frozenset({"signature", "signed-length", "part-checksum", "sse"})
+STORAGE_CAPABILITIES: Final = frozenset({"signature", "signed-length", "part-checksum", "sse", "object-lock",
+                                         "notifications"})
+# The capabilities a deployment configures rather than every server having: probed only where expected.
+CONFIGURED_CAPABILITIES: Final = frozenset({"object-lock", "notifications"})
 TRACES_EXPORTERS: Final = ("none", "console", "otlp")
 # Kinds of content DROPGATE_DENIED_CONTENT can refuse (shared/scanning/content_policy.py; docs/content-policy.md).
 CONTENT_KINDS: Final = ("executable", "script", "active-markup", "java")
@@ -69,6 +72,12 @@ class StorageSettings:
     # Capabilities (shared/platform/storage_probe.py Capability values) the operator accepts the
     # server lacks: the functions then run with that guarantee weaker, and say so (docs/storage.md).
     accept_missing: frozenset[str] = frozenset()
+    # What the deployment configured on both buckets and the probe must find (DROPGATE_STORAGE_EXPECT):
+    # "object-lock" (created with Object Lock, hence versioned: legal holds and quarantined evidence
+    # outlive the lifecycle rule), "notifications" (put and delete notifications set through the S3
+    # API, as MinIO's `mc event add` and AWS's EventBridge do). set_up_buckets creates locked buckets
+    # when object-lock is expected.
+    expect: frozenset[str] = frozenset()
     # "path" (MinIO, SeaweedFS, most self-hosted servers) or "virtual" (AWS's preferred bucket.host form).
     addressing_style: str = "path"
     # botocore's request_checksum_calculation / response_checksum_validation: "when_required" sends
@@ -94,6 +103,10 @@ class StorageSettings:
         if unknown := accept_missing - STORAGE_CAPABILITIES:
             env.problems.append(f"DROPGATE_STORAGE_ACCEPT_MISSING: {', '.join(sorted(unknown))} is not a capability; "
                                 f"expected any of {', '.join(sorted(STORAGE_CAPABILITIES))}")
+        expect = frozenset(env.words("DROPGATE_STORAGE_EXPECT", ()))
+        if unknown := expect - CONFIGURED_CAPABILITIES:
+            env.problems.append(f"DROPGATE_STORAGE_EXPECT: {', '.join(sorted(unknown))} is not configurable; "
+                                f"expected any of {', '.join(sorted(CONFIGURED_CAPABILITIES))}")
         addressing = env.text("DROPGATE_S3_ADDRESSING_STYLE", "path")
         if addressing not in ("path", "virtual"):
             env.problems.append(f"DROPGATE_S3_ADDRESSING_STYLE={addressing!r}: expected path or virtual")
@@ -104,7 +117,7 @@ class StorageSettings:
         if part_checksums not in ("optional", "required"):
             env.problems.append(f"DROPGATE_S3_PART_CHECKSUMS={part_checksums!r}: expected optional or required")
         return cls(
-            accept_missing=accept_missing, addressing_style=addressing, checksum_mode=checksums,
+            accept_missing=accept_missing, expect=expect, addressing_style=addressing, checksum_mode=checksums,
             part_checksums=part_checksums,
             endpoint_url=endpoint,
             public_endpoint_url=env.optional_url("DROPGATE_S3_PUBLIC_ENDPOINT") or endpoint,

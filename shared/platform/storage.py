@@ -54,8 +54,12 @@ def check_storage(client: BaseClient, bucket: str) -> None:
     client.head_bucket(Bucket=bucket)
 
 
-def ensure_bucket(client: BaseClient, bucket: str) -> bool:
-    """Create the bucket unless it exists; True when it was created."""
+def ensure_bucket(client: BaseClient, bucket: str, *, object_lock: bool = False) -> bool:
+    """Create the bucket unless it exists; True when it was created.
+
+    Object Lock can only be enabled when a bucket is made (and brings versioning with it): an
+    existing bucket without it stays so, and the storage probe says so (DROPGATE_STORAGE_EXPECT).
+    """
     try:
         client.head_bucket(Bucket=bucket)
         return False
@@ -63,7 +67,7 @@ def ensure_bucket(client: BaseClient, bucket: str) -> bool:
         if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
             raise
     try:
-        client.create_bucket(Bucket=bucket)
+        client.create_bucket(Bucket=bucket, **({"ObjectLockEnabledForBucket": True} if object_lock else {}))
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
             raise
@@ -151,8 +155,8 @@ def set_up_buckets(settings: StorageSettings, client: BaseClient | None = None) 
     client = client or create_s3_client(settings)
     actions = []
     for bucket in (settings.uploads_bucket, settings.quarantine_bucket):
-        if ensure_bucket(client, bucket):
-            actions.append(f"created bucket {bucket}")
+        if ensure_bucket(client, bucket, object_lock="object-lock" in settings.expect):
+            actions.append(f"created bucket {bucket}" + (" with Object Lock" if "object-lock" in settings.expect else ""))
         if set_lifecycle_rules(client, bucket):
             actions.append(f"lifecycle on {bucket}: expire after {MAX_RETENTION_DAYS} days, "
                            "abort incomplete multipart uploads after 1 day")

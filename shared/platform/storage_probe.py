@@ -11,7 +11,9 @@ presign uses for browsers:
 2. the part URL, signed for a length and a SHA-256, is PUT with a tampered signature,
    with one byte less, and with other bytes of the right length: each must be refused;
 3. the right bytes must be accepted, and the part's answer must name the SSE asked for;
-4. the multipart upload is aborted: no object is ever made, so no notification fires.
+4. the multipart upload is aborted: no object is ever made, so no notification fires;
+5. what the deployment configured on both buckets (DROPGATE_STORAGE_EXPECT), read back:
+   Object Lock (and with it versioning), and notifications of puts and deletes.
 
 A capability the server lacks makes the function not ready, with a reason naming it,
 unless the operator accepted running without it (`DROPGATE_STORAGE_ACCEPT_MISSING`): then
@@ -35,13 +37,19 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 
 from shared.platform import metrics
 from shared.platform.errors import NotReady
 from shared.platform.logs import log_event
 from shared.platform.settings import StorageSettings
 from shared.platform.sigv4 import PresignSigner
-from shared.platform.storage import check_storage, sse_arguments
+from shared.platform.storage import (
+    check_storage,
+    error_code,
+    http_status,
+    sse_arguments,
+)
 
 logger = logging.getLogger("dropgate.storage")
 
@@ -57,6 +65,9 @@ class Capability(enum.StrEnum):
     SIGNED_LENGTH = "signed-length"  # a presigned part PUT with another length than signed is refused
     PART_CHECKSUM = "part-checksum"  # a part whose bytes do not match its signed x-amz-checksum-sha256 is refused
     SSE = "sse"  # what dropgate writes is encrypted as DROPGATE_SSE asks (checked only when SSE is asked for)
+    # Configured per deployment, checked where DROPGATE_STORAGE_EXPECT names them:
+    OBJECT_LOCK = "object-lock"  # both buckets have Object Lock enabled, hence versioning
+    NOTIFICATIONS = "notifications"  # both buckets notify object creation and removal (S3 notification API)
 
 
 GUARANTEES: Final = {
@@ -64,7 +75,17 @@ GUARANTEES: Final = {
     Capability.SIGNED_LENGTH: "a part URL uploads exactly the declared number of bytes",
     Capability.PART_CHECKSUM: "a part URL signed with a SHA-256 uploads exactly those bytes",
     Capability.SSE: "objects are encrypted at rest",
+    Capability.OBJECT_LOCK: "legal holds and quarantined evidence outlive the lifecycle rule",
+    Capability.NOTIFICATIONS: "every upload and removal reaches dropgate as an event",
 }
+
+# The S3 notification event types that tell dropgate of a creation and of a removal: the wildcard,
+# or every specific type dropgate's buckets see (AWS S3 "Event notification types"; MinIO's
+# `mc event add --event put,delete` stores the wildcards).
+_CREATION_EVENTS: Final = ("s3:ObjectCreated:*", frozenset({"s3:ObjectCreated:Put", "s3:ObjectCreated:Copy",
+                                                             "s3:ObjectCreated:CompleteMultipartUpload"}))
+_REMOVAL_EVENTS: Final = ("s3:ObjectRemoved:*", frozenset({"s3:ObjectRemoved:Delete",
+                                                            "s3:ObjectRemoved:DeleteMarkerCreated"}))
 
 
 @dataclass(frozen=True)
@@ -80,9 +101,53 @@ def probe_storage(s3: BaseClient, settings: StorageSettings) -> ProbeResult:
     bucket = settings.uploads_bucket
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **sse_arguments(settings))["UploadId"]
     try:
-        return _probe_part(settings, bucket, key, upload_id)
+        result = _probe_part(settings, bucket, key, upload_id)
     finally:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    configured = {Capability(c): _CONFIGURATION_PROBES[Capability(c)] for c in settings.expect}
+    for capability, probe in configured.items():
+        shortfalls = [f"{b}: {why}" for b in (bucket, settings.quarantine_bucket) if (why := probe(s3, b))]
+        result.details[capability] = "; ".join(shortfalls) or "configured on both buckets"
+    lacking = {capability for capability in configured if result.details[capability] != "configured on both buckets"}
+    return ProbeResult(enforced=result.enforced | (configured.keys() - lacking), missing=result.missing | lacking,
+                       details=result.details)
+
+
+def _object_lock_shortfall(s3: BaseClient, bucket: str) -> str | None:
+    """Why `bucket` lacks Object Lock (or the versioning it brings), or None."""
+    try:
+        lock = s3.get_object_lock_configuration(Bucket=bucket).get("ObjectLockConfiguration", {})
+    except ClientError as exc:
+        return f"no Object Lock ({error_code(exc) or http_status(exc)}; it can only be enabled when a bucket is made)"
+    if lock.get("ObjectLockEnabled") != "Enabled":
+        return "Object Lock is not enabled"
+    status = s3.get_bucket_versioning(Bucket=bucket).get("Status")
+    return None if status == "Enabled" else f"versioning is {status or 'off'}"
+
+
+def _notifications_shortfall(s3: BaseClient, bucket: str) -> str | None:
+    """Why `bucket` does not notify both creations and removals, or None.
+
+    AWS's EventBridge receives every event of a bucket once enabled; otherwise the queue, topic and
+    function configurations together must cover both kinds (prefix filters are the operator's business).
+    """
+    try:
+        config = s3.get_bucket_notification_configuration(Bucket=bucket)
+    except ClientError as exc:
+        return f"its notification configuration cannot be read ({error_code(exc) or http_status(exc)})"
+    if "EventBridgeConfiguration" in config:
+        return None
+    events = {event for kind in ("QueueConfigurations", "TopicConfigurations", "LambdaFunctionConfigurations")
+              for target in config.get(kind, []) for event in target.get("Events", [])}
+    lacking = [name for name, (wildcard, specific) in (("creation", _CREATION_EVENTS), ("removal", _REMOVAL_EVENTS))
+               if wildcard not in events and not specific <= events]
+    return f"no notification of object {' or '.join(lacking)}" if lacking else None
+
+
+_CONFIGURATION_PROBES: Final[dict[Capability, Callable[[BaseClient, str], str | None]]] = {
+    Capability.OBJECT_LOCK: _object_lock_shortfall,
+    Capability.NOTIFICATIONS: _notifications_shortfall,
+}
 
 
 def _probe_part(settings: StorageSettings, bucket: str, key: str, upload_id: str) -> ProbeResult:
@@ -104,8 +169,8 @@ def _probe_part(settings: StorageSettings, bucket: str, key: str, upload_id: str
     details = {capability: f"{status} {body[:120]!r}" for capability, (status, _, body) in answers.items()}
     status, response_headers, body = _put(signed.url, signed.headers, data)
     if not 200 <= status < 300:
-        raise NotReady(f"storage refused a correctly signed part ({status}): check the S3 endpoint, region and "
-                       "credentials")
+        raise NotReady(f"storage refused a correctly signed part ({status} {body[:120]!r}): check the S3 endpoint, "
+                       "region and credentials")
     if settings.sse_algorithm:
         applied = response_headers.get("x-amz-server-side-encryption")
         details[Capability.SSE] = f"asked {settings.sse_algorithm}, storage answered {applied}"
@@ -130,6 +195,13 @@ def _put(url: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str,
         connection.close()
 
 
+def shortfall(result: ProbeResult, refused: set[Capability] | frozenset[Capability]) -> str:
+    """What the server lacks, in words: each guarantee, and for a bucket's configuration what is missing where."""
+    return "storage does not enforce " + "; ".join(
+        f"{c} ({GUARANTEES[c]}" + (f": {result.details[c]})" if c in _CONFIGURATION_PROBES else ")")
+        for c in sorted(refused))
+
+
 class StorageCheck:
     """/healthz's storage check: the bucket answers, and the server enforces what dropgate relies on.
 
@@ -148,10 +220,8 @@ class StorageCheck:
         result = self._probe_once()
         refused = result.missing - self._settings.accept_missing
         if refused:
-            raise NotReady("storage does not enforce " + "; ".join(
-                f"{c} ({GUARANTEES[c]})" for c in sorted(refused))
-                + ": use a server that does (docs/storage.md), or accept running without it with "
-                f"DROPGATE_STORAGE_ACCEPT_MISSING={','.join(sorted(refused))}")
+            raise NotReady(shortfall(result, refused) + ": use a server that does (docs/storage.md), or accept "
+                           f"running without it with DROPGATE_STORAGE_ACCEPT_MISSING={','.join(sorted(refused))}")
         if result.missing:
             return "weaker guarantees accepted: " + ", ".join(sorted(result.missing)) + " not enforced"
         return None
@@ -194,8 +264,7 @@ def main() -> int:
                       "accepted": sorted(result.missing & settings.accept_missing), "refused": refused,
                       "details": {str(c): d for c, d in result.details.items()}}))
     if refused:
-        print("storage does not enforce " + "; ".join(f"{c} ({GUARANTEES[Capability(c)]})" for c in refused),
-              file=sys.stderr)
+        print(shortfall(result, {Capability(c) for c in refused}), file=sys.stderr)
         return 1
     return 0
 

@@ -46,7 +46,7 @@ cat > /tmp/policy.json <<JSON
   {"Effect": "Allow",
    "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketVersions",
               "s3:ListBucketMultipartUploads", "s3:GetBucketObjectLockConfiguration",
-              "s3:GetBucketVersioning"],
+              "s3:GetBucketVersioning", "s3:GetBucketNotification"],
    "Resource": ["arn:aws:s3:::${DROPGATE_UPLOADS_BUCKET}", "arn:aws:s3:::${DROPGATE_QUARANTINE_BUCKET}"]},
   {"Effect": "Allow",
    "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObject",
