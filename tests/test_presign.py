@@ -294,6 +294,35 @@ def test_a_rotated_key_is_fetched_when_a_token_names_it(presign, idp) -> None:
     assert reply.status == 200, reply.body
 
 
+def test_a_verified_token_is_remembered_only_for_itself_and_never_past_its_expiry(idp) -> None:
+    """The verified-token cache (shared/platform/auth.py) saves the signature check, never a rule."""
+    from shared.platform.auth import JwtPolicy, JwtVerifier, _VerifiedTokens
+    from shared.platform.errors import Unauthorized
+
+    verifier = JwtVerifier(JwtPolicy(issuer=idp.issuer, audience=idp.audience, jwks_url=idp.jwks_url,
+                                     algorithms=("RS256",), leeway_seconds=0, refresh_cooldown_seconds=0))
+    subject = user()
+    token = idp.token(subject, lifetime=2)
+    assert verifier.claims(token)["sub"] == subject
+    assert verifier.claims(token)["sub"] == subject  # remembered
+    head, body, signature = token.split(".")
+    tampered = f"{head}.{body}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+    with pytest.raises(Unauthorized):
+        verifier.claims(tampered)
+    other_subject = base64.urlsafe_b64encode(json.dumps({**jwt.decode(token, options={"verify_signature": False}),
+                                                          "sub": "someone-else"}).encode()).rstrip(b"=").decode()
+    with pytest.raises(Unauthorized):  # the claims of a remembered token with another subject
+        verifier.claims(f"{head}.{other_subject}.{signature}")
+    time.sleep(3.1)
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.claims(token)
+    remembered = _VerifiedTokens(capacity=2)
+    for name in ("a", "b", "c"):
+        remembered.put(name, {"sub": name, "exp": time.time() + 60})
+    assert remembered.get("a", 0) is None and remembered.get("c", 0) == {"sub": "c", "exp": pytest.approx(
+        time.time() + 60, abs=5)}
+
+
 def test_roles_are_required(presign, idp) -> None:
     no_roles = idp.token(user(), roles=())
     reply = call("POST", f"{presign}/uploads", token=no_roles,

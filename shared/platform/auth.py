@@ -10,13 +10,17 @@ What is pinned, and why:
 
 Keys are cached by PyJWKClient and fetched again when a token carries a `kid`
 the cache does not know (the provider rotated its keys), at most once per
-DROPGATE_JWKS_REFRESH_COOLDOWN seconds.
+DROPGATE_JWKS_REFRESH_COOLDOWN seconds. A token that verified is remembered (exact string,
+its `exp` checked on every use) so a client's burst of requests verifies its signature once.
 """
 
 from __future__ import annotations
 
 import hmac
 import ssl
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ from shared.platform.settings import AuthSettings, EventAuthSettings
 ROLE_UPLOADER: Final = "uploader"
 ROLE_ADMIN: Final = "admin"
 _JWKS_CACHE_SECONDS: Final = 300
+_VERIFIED_TOKENS: Final = 10_000  # distinct live tokens remembered per process (a few MB at most)
 # Uppy 6's Companion client sends no Authorization header; a page served on the
 # API's own origin can put the token in this cookie instead (SameSite=Strict).
 TOKEN_COOKIE: Final = "dropgate_token"
@@ -121,14 +126,58 @@ class _JwksClient(jwt.PyJWKClient):
         return super().fetch_data()
 
 
+class _VerifiedTokens:
+    """Tokens whose signature and claims verified, so a client's next request with the same token skips
+    the RSA/ECDSA check (Uppy asks for one part URL per request: each would verify the same token again).
+
+    Only the exact token string hits; expiry is checked on every hit against the token's own `exp`;
+    an entry lives at most as long as a fetched JWKS does (_JWKS_CACHE_SECONDS), so a key the issuer
+    withdrew stops being trusted no later through this cache than through the key cache.
+    """
+
+    def __init__(self, capacity: int = _VERIFIED_TOKENS) -> None:
+        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, token: str, leeway_seconds: int) -> dict[str, Any] | None:
+        now = time.time()
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is None:
+                return None
+            if now >= entry[0]:
+                del self._entries[token]
+                return None
+            self._entries.move_to_end(token)
+        claims = entry[1]
+        if now > claims["exp"] + leeway_seconds:
+            raise _unauthorized("token expired")
+        return claims
+
+    def put(self, token: str, claims: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries[token] = (time.time() + _JWKS_CACHE_SECONDS, claims)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+
 class JwtVerifier:
     """Verifies a JWT against one `JwtPolicy`; the one copy of that logic for user and event tokens."""
 
     def __init__(self, policy: JwtPolicy) -> None:
         self._policy = policy
         self._jwks = _JwksClient(policy)
+        self._verified = _VerifiedTokens()
 
     def claims(self, token: str) -> dict[str, Any]:
+        if (cached := self._verified.get(token, self._policy.leeway_seconds)) is not None:
+            return cached
+        claims = self._verify(token)
+        self._verified.put(token, claims)
+        return claims
+
+    def _verify(self, token: str) -> dict[str, Any]:
         policy = self._policy
         try:
             header = jwt.get_unverified_header(token)
