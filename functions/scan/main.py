@@ -54,10 +54,12 @@ def scan_event(event):
     created = ObjectCreated.from_cloudevent(event)
     if created.bucket != settings.storage.uploads_bucket:
         return None  # quarantine copies and foreign buckets are not scanned
-    wanted = event.get(SIGNATURE_RESCAN_EXTENSION)
+    wanted, operator_rescan = event.get(SIGNATURE_RESCAN_EXTENSION), event.get(RESCAN_EXTENSION)
+    # An operator's rescan asks clamd to read the bytes again: no earlier finding is reused for it.
     result = object_scanner().scan(created.bucket, created.key, event_id=created.id,
-                                   rescan_for_version=int(wanted) if str(wanted or "").isdigit() else None)
-    return None if result is None else verdict_event(result, event.get(RESCAN_EXTENSION)).to_cloudevent()
+                                   rescan_for_version=int(wanted) if str(wanted or "").isdigit() else None,
+                                   reuse_verdicts=operator_rescan is None)
+    return None if result is None else verdict_event(result, operator_rescan).to_cloudevent()
 
 
 app = CloudEventApp(scan_event, senders=instance.event_sender, health_checks=instance.health_checks())

@@ -46,6 +46,9 @@ STORAGE_CAPABILITY: Final = Gauge(
 # -- scan --
 SCAN_VERDICTS: Final = Counter("dropgate_scan_verdicts", "Verdicts written, by verdict", ["verdict"])
 SCAN_BYTES: Final = Counter("dropgate_scan_bytes", "Bytes read from storage and streamed through clamd")
+SCAN_VERDICTS_REUSED: Final = Counter(
+    "dropgate_scan_verdicts_reused", "Verdicts decided with an earlier upload's clamd finding for the same bytes "
+    "(read and hashed once, not sent to clamd), by verdict", ["verdict"])
 SCAN_DURATION: Final = Histogram(
     "dropgate_scan_duration_seconds", "Time from opening an object to its verdict (scans that wrote one)",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900))
@@ -59,6 +62,7 @@ SCAN_RESCANS: Final = Counter("dropgate_scan_rescans", "Clean files read again a
 # Zeros from the start, in every function, so rates and alerts see every series.
 for _verdict in typing.get_args(Verdict):
     SCAN_VERDICTS.labels(_verdict)
+    SCAN_VERDICTS_REUSED.labels(_verdict)
 
 # -- expire --
 EXPIRE_UPLOADS: Final = Counter(

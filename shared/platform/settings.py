@@ -39,6 +39,8 @@ CONFIGURED_CAPABILITIES: Final = frozenset({"object-lock", "notifications"})
 TRACES_EXPORTERS: Final = ("none", "console", "otlp")
 # Kinds of content DROPGATE_DENIED_CONTENT can refuse (shared/scanning/content_policy.py; docs/content-policy.md).
 CONTENT_KINDS: Final = ("executable", "script", "active-markup", "java")
+# Whose earlier verdicts a scan may reuse for identical bytes (shared/scanning/reuse.py; docs/scan.md).
+VERDICT_REUSE_SCOPES: Final = ("same-owner", "any-owner", "off")
 _MEDIA_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})$")
 
 
@@ -175,10 +177,15 @@ class ClamdSettings:
     max_recursion: int = 17  # MaxRecursion: clamd's default nesting depth
     max_files: int = 10_000  # MaxFiles: clamd's default
     max_scan_time_ms: int = 300_000  # MaxScanTime: inside Knative's request timeout for scan
+    # Not clamd.conf: whose earlier clamd finding for identical bytes a scan may reuse (VERDICT_REUSE_SCOPES).
+    reuse_verdicts: str = "same-owner"
 
     @classmethod
     def read(cls, env: EnvReader) -> ClamdSettings:
         host, port = env.address("DROPGATE_CLAMD_ADDRESS", ("127.0.0.1", 3310))
+        reuse = env.text("DROPGATE_SCAN_REUSE_VERDICTS", cls.reuse_verdicts).lower()
+        if reuse not in VERDICT_REUSE_SCOPES:
+            env.problems.append(f"DROPGATE_SCAN_REUSE_VERDICTS={reuse!r}: expected {', '.join(VERDICT_REUSE_SCOPES)}")
         return cls(
             host=host,
             port=port,
@@ -194,6 +201,7 @@ class ClamdSettings:
             max_files=env.integer("DROPGATE_CLAMD_MAX_FILES", cls.max_files, minimum=1, maximum=1_000_000),
             max_scan_time_ms=env.integer("DROPGATE_CLAMD_MAX_SCAN_TIME_MS", cls.max_scan_time_ms, minimum=1000,
                                          maximum=600_000),
+            reuse_verdicts=reuse if reuse in VERDICT_REUSE_SCOPES else cls.reuse_verdicts,
         )
 
     def clamd_conf(self) -> dict[str, str]:

@@ -24,7 +24,9 @@ Infected, unscannable and rejected objects are moved to the quarantine bucket (t
 version, then every version removed: shared/scanning/quarantine.py) before the verdict is written;
 clean ones are tagged. Each verdict records clamd's signature database version; a rescan
 (`rescan_for_version`) re-reads a clean file when that version advanced and changes it only
-when the new signatures find something.
+when the new signatures find something. Bytes clamd already judged under its current signatures
+(an earlier upload, same SHA-256) are read once without clamd and that finding is reused; every
+other step is decided again (shared/scanning/reuse.py).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from shared.platform.errors import DependencyUnavailable, Gone
 from shared.platform.logs import bind, log_event
 from shared.platform.settings import ClamdSettings, StorageSettings
 from shared.platform.storage import IncompleteRead, is_missing
-from shared.scanning import archives, blocklist
+from shared.scanning import archives, blocklist, reuse
 from shared.scanning import content_policy as content
 from shared.scanning.quarantine import move_to_quarantine, restore_from_quarantine
 from shared.scanning.stream import MeasuredStream
@@ -112,6 +114,7 @@ class ScanResult:
     signature_version: int | None = None  # clamd's database version that produced the verdict
     already_decided: bool = False  # True when a previous delivery wrote the verdict
     rescan: bool = False  # a rescan after a signature update found it infected
+    reused_from: str | None = None  # the earlier upload whose clamd finding was reused (shared/scanning/reuse.py)
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,14 @@ class ObjectScanner:
         # A duplicate delivery waits at most about as long as one scan may take (one clamd call).
         self._lock_wait_seconds = clamd.timeout_seconds + 60
 
-    def scan(self, bucket: str, key: str, event_id: str, *, rescan_for_version: int | None = None) -> ScanResult | None:
+    def scan(self, bucket: str, key: str, event_id: str, *, rescan_for_version: int | None = None,
+             reuse_verdicts: bool = True) -> ScanResult | None:
         """Scan the object an "object created" event names; None when there is nothing to answer.
 
         `rescan_for_version`: a rescan asked for by the reconcile pass after clamd's signature
         database reached that version; a file already scanned at that version (or later) is
-        not read again, and only a new detection changes it.
+        not read again, and only a new detection changes it. `reuse_verdicts=False`: clamd reads
+        the bytes even when an earlier upload's finding could be reused (an operator's rescan).
         """
         with self._object_lock(bucket, key):
             if rescan_for_version is not None:
@@ -163,7 +168,7 @@ class ObjectScanner:
                 log_event(logger, "verdict already written; answered with it", outcome="already_decided",
                           verdict=upload.status)
                 return self._result_from_row(upload, already_decided=True)
-            return self._scan_claimed(upload, event_id)
+            return self._scan_claimed(upload, event_id, reuse_verdicts=reuse_verdicts)
 
     @contextlib.contextmanager
     def _object_lock(self, bucket: str, key: str) -> Iterator[None]:
@@ -207,18 +212,21 @@ class ObjectScanner:
 
     # -- the first scan --
 
-    def _scan_claimed(self, upload: UploadRow, event_id: str) -> ScanResult:
+    def _scan_claimed(self, upload: UploadRow, event_id: str, *, reuse_verdicts: bool) -> ScanResult:
         started = time.monotonic()
         signature_version = self._scanner.signature_version()
+        scope = self._clamd.reuse_verdicts if reuse_verdicts else reuse.OFF
         with self._pool.connection() as conn:
             listed = blocklist.reason_blocked(conn, upload.declared_sha256)
+            source = reuse.find_source(conn, upload, signature_version, scope) if listed is None else None
         if listed is not None:
             # The declared hash is a known-bad file: no need to read a byte (nor wait for clamd).
             bucket = self._quarantine(upload, upload.bucket, None)
             return self._record(upload, bucket, _Decision("infected", listed), upload.declared_sha256,
                                 upload.declared_size, None, datetime.now(UTC), event_id, signature_version,
                                 started)
-        bucket, stream, reply, version_id = self._stream_through_clamd(upload)
+        read = self._read_for_reuse(upload, source) if source is not None else None
+        bucket, stream, reply, version_id = read or self._stream_through_clamd(upload)
         decision = self._decide(upload, reply, stream, bucket, version_id)
         if decision.verdict in QUARANTINED:
             bucket = self._quarantine(upload, bucket, version_id)
@@ -229,7 +237,24 @@ class ObjectScanner:
             self._tag_clean(bucket, upload.object_key)
         detected = content.sniff(stream.head)
         return self._record(upload, bucket, decision, stream.sha256.hexdigest(), stream.length, detected,
-                            datetime.now(UTC), event_id, signature_version, started)
+                            datetime.now(UTC), event_id, signature_version, started,
+                            reused_from=source if read is not None else None)
+
+    def _read_for_reuse(self, upload: UploadRow, source: UploadRow) -> tuple[str, MeasuredStream, ClamdReply,
+                                                                              str | None] | None:
+        """The object read once without clamd, with the source's clamd finding; None when its bytes differ."""
+        bucket, body, length, version_id = self._open(upload)
+        stream = MeasuredStream(body, self._chunk_size, length, upload.content_type)
+        try:
+            reuse.read_without_clamd(stream)
+        finally:
+            body.close()
+        if not reuse.confirms(stream, upload, source):
+            log_event(logger, "verdict not reused: the stored bytes are not the earlier upload's; full scan",
+                      logging.WARNING, outcome="reuse_refused", reused_from=str(source.id),
+                      sha256=stream.sha256.hexdigest(), declared_sha256=upload.declared_sha256)
+            return None
+        return bucket, stream, reuse.clamd_finding(source), version_id
 
     def _stream_through_clamd(self, upload: UploadRow) -> tuple[str, MeasuredStream, ClamdReply, str | None]:
         bucket, body, length, version_id = self._open(upload)
@@ -324,8 +349,9 @@ class ObjectScanner:
 
     def _record(self, upload: UploadRow, bucket: str, decision: _Decision, sha256: str | None, size: int,
                 detected: str | None, now: datetime, event_id: str, signature_version: int | None,
-                started: float) -> ScanResult:
+                started: float, *, reused_from: UploadRow | None = None) -> ScanResult:
         verdict, detail = decision.verdict, decision.detail
+        source_id = str(reused_from.id) if reused_from is not None else None
         with self._pool.connection() as conn, conn.transaction():
             uploads = conn.cursor(row_factory=upload_row)
             row = uploads.execute(
@@ -339,16 +365,20 @@ class ObjectScanner:
                 return self._result_from_row(current, already_decided=True)
             audit.record(conn, ACTOR, "scan.verdict", upload.id, verdict=verdict, detail=detail, sha256=sha256,
                          size=size, detected_type=detected, bucket=bucket, event_id=event_id,
-                         signature_version=signature_version)
+                         signature_version=signature_version, **({"reused_from": source_id} if source_id else {}))
+            if reused_from is not None:
+                reuse.record(conn, ACTOR, upload, reused_from, verdict, event_id)
             conn.execute("INSERT INTO processed_events (consumer, event_id, event_type, outcome)"
                          " VALUES ('scan', %s, 'object.created', %s) ON CONFLICT DO NOTHING", (event_id, verdict))
         metrics.SCAN_VERDICTS.labels(verdict).inc()
+        if source_id:
+            metrics.SCAN_VERDICTS_REUSED.labels(verdict).inc()
         metrics.SCAN_DURATION.observe(time.monotonic() - started)
-        log_event(logger, "scan verdict", upload_id=str(upload.id), verdict=verdict, detail=detail,
-                  size=size, outcome=verdict, bucket=bucket, signature_version=signature_version)
+        log_event(logger, "scan verdict", upload_id=str(upload.id), verdict=verdict, detail=detail, size=size,
+                  outcome=verdict, bucket=bucket, signature_version=signature_version, reused_from=source_id)
         return ScanResult(upload_id=str(upload.id), bucket=bucket, key=upload.object_key, verdict=verdict,
                           detail=detail, sha256=sha256, size=size, detected_type=detected, scanned_at=now,
-                          signature_version=signature_version)
+                          signature_version=signature_version, reused_from=source_id)
 
     # -- a rescan after a signature update --
 
