@@ -385,11 +385,33 @@ def test_bytes_per_day_limit_answers_429(presign, idp) -> None:
 
 def test_request_rate_limit_answers_429(presign, idp) -> None:
     token = idp.token(user())
+    # The limit counts per clock minute (shared/uploads/limits.py): all 46 requests must fall in one.
+    if (second := time.time() % 60) > 40:
+        time.sleep(60.5 - second)
     statuses = [call("GET", f"{presign}/files?mine", token=token).status for _ in range(45)]
     assert statuses.count(200) >= 1 and statuses[-1] == 429
     limited = call("GET", f"{presign}/files?mine", token=token)
     assert limited.status == 429 and 1 <= int(limited.header("Retry-After")) <= 60
     assert call("GET", f"{presign}/files?mine", token=idp.token(user())).status == 200  # others are not affected
+
+
+def test_part_url_requests_count_against_the_rate_limit_found_or_not(presign, idp) -> None:
+    """The part-URL routes count in the statement that reads the upload; a refused request counts too."""
+    if (second := time.time() % 60) > 40:
+        time.sleep(60.5 - second)
+    token = idp.token(user())
+    upload = create(presign, token, payload(6 * MIB, seed=11)).json()
+    calls = [lambda: call("POST", f"{presign}/uploads/{upload['id']}/parts", token=token,
+                          json_body={"parts": [{"number": 1}]}),
+             lambda: call("POST", f"{presign}/uploads/{uuid.uuid4()}/parts", token=token,
+                          json_body={"parts": [{"number": 1}]}),
+             lambda: call("POST", f"{presign}/uploads/not-a-uuid/parts", token=token,
+                          json_body={"parts": [{"number": 1}]}),
+             lambda: call("GET", f"{presign}/s3/multipart/{upload['upload_id']}/1?key={upload['key']}", token=token),
+             lambda: call("GET", f"{presign}/s3/multipart/no-such-upload/1?key=x", token=token)]
+    statuses = [calls[i % len(calls)]().status for i in range(45)]
+    assert statuses[:5] == [200, 404, 404, 200, 404], statuses[:5]
+    assert statuses[-1] == 429, statuses  # 1 create + 45 part requests > 40 a minute
 
 
 # -- integrity at completion --

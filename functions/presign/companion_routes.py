@@ -18,8 +18,10 @@ def companion_create(request):
     return json_response(200, companion.created(upload))
 
 
-def _companion_upload_id(principal: Principal, request, storage_upload_id: str) -> str:
-    return service().find_by_storage_id(principal, storage_upload_id, request.args.get("key"))
+def _companion_upload_id(principal: Principal, request, storage_upload_id: str, *,
+                         counted_by_route: bool = False) -> str:
+    return service().find_by_storage_id(principal, storage_upload_id, request.args.get("key"),
+                                        count_refusal=counted_by_route)
 
 
 def companion_list_parts(request, storage_upload_id):
@@ -29,17 +31,17 @@ def companion_list_parts(request, storage_upload_id):
 
 
 def companion_batch_sign(request, storage_upload_id):
-    principal, _ = caller(request)
-    upload_id = _companion_upload_id(principal, request, storage_upload_id)
+    principal, _ = caller(request, counted_by_route=True)
+    upload_id = _companion_upload_id(principal, request, storage_upload_id, counted_by_route=True)
     signed = service().sign_parts(principal, upload_id, companion.part_numbers_from_query(
-        request.args.get("partNumbers")))
+        request.args.get("partNumbers")), count_request=True)
     return json_response(200, {"presignedUrls": {str(part["number"]): part["url"] for part in signed}})
 
 
 def companion_sign_part(request, storage_upload_id, part_number):
-    principal, _ = caller(request)
-    upload_id = _companion_upload_id(principal, request, storage_upload_id)
-    [signed] = service().sign_parts(principal, upload_id, [companion.single_part(part_number)])
+    principal, _ = caller(request, counted_by_route=True)
+    upload_id = _companion_upload_id(principal, request, storage_upload_id, counted_by_route=True)
+    [signed] = service().sign_parts(principal, upload_id, [companion.single_part(part_number)], count_request=True)
     return json_response(200, {"url": signed["url"], "expires": settings.limits.url_expiry_seconds})
 
 

@@ -22,8 +22,9 @@ def create_upload(request):
 
 
 def sign_parts(request, upload_id):
-    principal, _ = caller(request)
-    parts = service().sign_parts(principal, upload_id, PartRequest.list_from_json(read_json(request)))
+    principal, _ = caller(request, counted_by_route=True)
+    parts = service().sign_parts(principal, upload_id, PartRequest.list_from_json(read_json(request)),
+                                 count_request=True)
     return json_response(200, {"parts": parts})
 
 

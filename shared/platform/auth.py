@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hmac
 import ssl
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any, Final
 import jwt
 
 from shared.platform.errors import DependencyUnavailable, Forbidden, Unauthorized
+from shared.platform.lru import LruCache
 from shared.platform.settings import AuthSettings, EventAuthSettings
 
 ROLE_UPLOADER: Final = "uploader"
@@ -136,30 +135,23 @@ class _VerifiedTokens:
     """
 
     def __init__(self, capacity: int = _VERIFIED_TOKENS) -> None:
-        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
+        self._entries: LruCache[str, tuple[float, dict[str, Any]]] = LruCache(capacity)
 
     def get(self, token: str, leeway_seconds: int) -> dict[str, Any] | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
         now = time.time()
-        with self._lock:
-            entry = self._entries.get(token)
-            if entry is None:
-                return None
-            if now >= entry[0]:
-                del self._entries[token]
-                return None
-            self._entries.move_to_end(token)
+        if now >= entry[0]:
+            self._entries.forget(token)
+            return None
         claims = entry[1]
         if now > claims["exp"] + leeway_seconds:
             raise _unauthorized("token expired")
         return claims
 
     def put(self, token: str, claims: dict[str, Any]) -> None:
-        with self._lock:
-            self._entries[token] = (time.time() + _JWKS_CACHE_SECONDS, claims)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
+        self._entries.put(token, (time.time() + _JWKS_CACHE_SECONDS, claims))
 
 
 class JwtVerifier:

@@ -23,23 +23,39 @@ from shared.platform.settings import LimitSettings
 _CLEANUP_PROBABILITY = 0.01
 
 
+# The counter's commit does not wait for the WAL flush (synchronous_commit off for this transaction
+# only, set by the statement itself: no extra round trip). A crash can lose the last few counts of
+# a minute, which only loosens a rate limit for that minute; waiting for an fsync on every
+# authenticated request (each part URL Uppy asks for) was most of a request's time.
+# Parameters: subject, window start. Also the first half of repository.load_counting_request.
+RATE_COUNTER_SQL = (
+    "INSERT INTO request_rate_windows AS w (subject, window_start, requests)"
+    " SELECT %s, %s, 1 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
+    " ON CONFLICT (subject, window_start) DO UPDATE SET requests = w.requests + 1"
+    " RETURNING requests")
+
+
+def rate_window(now: datetime) -> datetime:
+    """The clock minute a request is counted in."""
+    return now.replace(second=0, microsecond=0)
+
+
 def count_request(conn: psycopg.Connection, subject: str, per_minute: int, now: datetime) -> None:
-    window_start = now.replace(second=0, microsecond=0)
-    # The counter's commit does not wait for the WAL flush (synchronous_commit off for this transaction
-    # only, set by the statement itself: no extra round trip). A crash can lose the last few counts of
-    # a minute, which only loosens a rate limit for that minute; waiting for an fsync on every
-    # authenticated request (each part URL Uppy asks for) was most of a request's time.
-    row = conn.execute(
-        "INSERT INTO request_rate_windows AS w (subject, window_start, requests)"
-        " SELECT %s, %s, 1 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
-        " ON CONFLICT (subject, window_start) DO UPDATE SET requests = w.requests + 1"
-        " RETURNING requests",
-        (subject, window_start),
-    ).fetchone()
+    row = conn.execute(RATE_COUNTER_SQL, (subject, rate_window(now))).fetchone()
+    forget_old_windows(conn, now)
+    check_request_count(row["requests"] if isinstance(row, dict) else row[0], per_minute, now)
+
+
+def forget_old_windows(conn: psycopg.Connection, now: datetime) -> None:
+    """Now and then (1 % of counted requests) delete windows older than an hour."""
     if random.random() < _CLEANUP_PROBABILITY:  # noqa: S311 - not security relevant
         conn.execute("DELETE FROM request_rate_windows WHERE window_start < %s", (now - timedelta(hours=1),))
-    requests = row["requests"] if isinstance(row, dict) else row[0]
+
+
+def check_request_count(requests: int, per_minute: int, now: datetime) -> None:
+    """429 when `requests` (this minute's count, this request included) is over the limit."""
     if requests > per_minute:
+        window_start = rate_window(now)
         retry_after = max(1, math.ceil((window_start + timedelta(minutes=1) - now).total_seconds()))
         raise TooManyRequests(f"more than {per_minute} requests in a minute; slow down",
                               retry_after_seconds=retry_after)

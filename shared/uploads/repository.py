@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import psycopg
+from psycopg.rows import kwargs_row
 
+from shared.uploads.limits import RATE_COUNTER_SQL
 from shared.uploads.model import UploadRow, UploadStatus, upload_row
 
 
@@ -30,6 +33,21 @@ def set_storage_upload_id(conn: psycopg.Connection, upload_id: uuid.UUID, storag
 def load(conn: psycopg.Connection, upload_id: uuid.UUID, *, for_update: bool = False) -> UploadRow | None:
     return conn.cursor(row_factory=upload_row).execute(
         "SELECT * FROM uploads WHERE id = %s" + (" FOR UPDATE" if for_update else ""), (upload_id,)).fetchone()
+
+
+def load_counting_request(conn: psycopg.Connection, upload_id: uuid.UUID, subject: str,
+                          window_start: datetime) -> tuple[int, UploadRow | None]:
+    """The rate counter bumped (limits.RATE_COUNTER_SQL) and the upload read, in one statement:
+    (this minute's request count, the row or None). The part-URL routes' one database round trip."""
+    return conn.cursor(row_factory=kwargs_row(_counted_upload)).execute(
+        f"WITH counted AS ({RATE_COUNTER_SQL})"  # noqa: S608 - a constant
+        " SELECT counted.requests AS counted_requests, uploads.* FROM counted"
+        " LEFT JOIN uploads ON uploads.id = %s", (subject, window_start, upload_id)).fetchone()
+
+
+def _counted_upload(counted_requests: int, **columns: Any) -> tuple[int, UploadRow | None]:
+    """A row of load_counting_request: the LEFT JOIN leaves every column of uploads NULL when there is none."""
+    return counted_requests, (UploadRow.from_db(columns) if columns.get("id") is not None else None)
 
 
 def find_by_storage_upload_id(conn: psycopg.Connection, storage_upload_id: str) -> UploadRow | None:

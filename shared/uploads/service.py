@@ -39,6 +39,7 @@ from shared.platform.errors import (
     UnsupportedMediaType,
 )
 from shared.platform.logs import bind, log_event
+from shared.platform.lru import LruCache
 from shared.platform.settings import (
     LimitSettings,
     StorageSettings,
@@ -47,7 +48,13 @@ from shared.platform.sigv4 import PresignedUrl, PresignSigner
 from shared.retention.reconcile import object_created_event
 from shared.scanning.content_policy import ContentPolicy, download_type
 from shared.uploads import repository
-from shared.uploads.limits import count_request, reserve_upload_quota
+from shared.uploads.limits import (
+    check_request_count,
+    count_request,
+    forget_old_windows,
+    rate_window,
+    reserve_upload_quota,
+)
 from shared.uploads.model import (
     AWAITING_VERDICT,
     CHECKED_AT_COMPLETION,
@@ -77,6 +84,7 @@ from shared.uploads.requests import (
 logger = logging.getLogger("dropgate.uploads")
 
 DOWNLOAD_URL_SECONDS = 300
+STORAGE_IDS_REMEMBERED = 10_000  # UploadIds per process (a few MB at most)
 
 
 class UploadService:
@@ -97,6 +105,8 @@ class UploadService:
         self._signer = signer
         self._clock = clock
         self._announce = announce
+        # S3 UploadId -> (upload id, owner, key): fixed at create, asked for by every Companion-route call.
+        self._storage_ids: LruCache[str, tuple[str, str, str]] = LruCache(STORAGE_IDS_REMEMBERED)
 
     @property
     def bucket(self) -> str:
@@ -175,13 +185,41 @@ class UploadService:
             raise NotFound(f"no upload {upload_id}")
         return row
 
-    def find_by_storage_id(self, principal: Principal, storage_upload_id: str, key: str | None) -> str:
-        """The dropgate id of an upload known by its S3 UploadId (and key), as Uppy's Companion routes name it."""
+    def _load_counting(self, principal: Principal, upload_id: str) -> UploadRow:
+        """`count_request` and `_load` in one statement (repository.load_counting_request). The count
+        commits before any refusal is raised: a request for an upload that is not there counts too."""
+        try:
+            parsed = uuid.UUID(upload_id)
+        except ValueError:
+            self.count_request(principal)
+            raise NotFound(f"no upload {upload_id}") from None
+        now = self._clock()
         with self._pool.connection() as conn:
-            row = repository.find_by_storage_upload_id(conn, storage_upload_id)
-        if row is None or row.owner != principal.subject or (key is not None and key != row.object_key):
+            requests, row = repository.load_counting_request(conn, parsed, principal.subject, rate_window(now))
+            forget_old_windows(conn, now)
+        check_request_count(requests, self._limits.requests_per_minute, now)
+        if row is None or row.owner != principal.subject:
+            raise NotFound(f"no upload {upload_id}")
+        return row
+
+    def find_by_storage_id(self, principal: Principal, storage_upload_id: str, key: str | None, *,
+                           count_refusal: bool = False) -> str:
+        """The dropgate id of an upload known by its S3 UploadId (and key), as Uppy's Companion routes name it.
+
+        What it answers never changes (an UploadId, its upload, owner and key are fixed at create),
+        so it is remembered per process: Uppy names the upload this way for every part it signs.
+        """
+        known = self._storage_ids.get(storage_upload_id)
+        if known is None:
+            with self._pool.connection() as conn:
+                row = repository.find_by_storage_upload_id(conn, storage_upload_id)
+            if row is not None:
+                known = self._storage_ids.put(storage_upload_id, (str(row.id), row.owner, row.object_key))
+        if known is None or known[1] != principal.subject or (key is not None and key != known[2]):
+            if count_refusal:  # the route counts its requests when it signs: a refused one still counts
+                self.count_request(principal)
             raise NotFound(f"no upload {storage_upload_id}")
-        return str(row.id)
+        return known[0]
 
     def describe(self, principal: Principal, upload_id: str) -> tuple[UploadRow, list[StoredPart]]:
         with self._pool.connection() as conn:
@@ -201,9 +239,15 @@ class UploadService:
 
     # -- parts --
 
-    def sign_parts(self, principal: Principal, upload_id: str, requests: Iterable[PartRequest]) -> list[dict]:
-        with self._pool.connection() as conn:
-            upload = self._load(conn, principal, upload_id)
+    def sign_parts(self, principal: Principal, upload_id: str, requests: Iterable[PartRequest], *,
+                   count_request: bool = False) -> list[dict]:
+        """`count_request`: this call counts the request against the rate limit too, in the statement
+        that reads the upload (the route then skips `count_request`): Uppy asks once per part."""
+        if count_request:
+            upload = self._load_counting(principal, upload_id)
+        else:
+            with self._pool.connection() as conn:
+                upload = self._load(conn, principal, upload_id)
         self._require_pending(upload)
         expiry = self._limits.url_expiry_seconds
         now = self._clock()
