@@ -1,5 +1,5 @@
 # Shortcuts; the README's two commands are the scripts themselves.
-.PHONY: dev test bootstrap migrate bench bench-quick bench-signing bench-scan
+.PHONY: dev test bootstrap migrate bench bench-quick bench-signing bench-scan bench-profile
 
 dev:
 	bash local-dev/up.sh
@@ -19,6 +19,11 @@ bench-signing: bootstrap
 
 bench-scan: bootstrap
 	.venv/bin/python -m bench.scan
+
+# Where presign's time goes under Uppy-style part signing: a py-spy flame graph and a table in bench/results/.
+bench-profile: bootstrap
+	.venv/bin/python -m pip install -qq --disable-pip-version-check -e '.[bench]'
+	.venv/bin/python -m bench.profile
 
 # The whole table (README "Performance"); `make bench-quick` for a run of a few minutes.
 bench: bootstrap
