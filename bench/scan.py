@@ -100,7 +100,7 @@ def _run(stack: LocalStack, tmp: Path, size: int, rounds: int) -> dict:
             if side == "dropgate":
                 seconds[side] = _dropgate_round(stack, s3, port, tmp, size, rss)
             else:
-                seconds[side] = _clamd_round(stack, tmp, size)
+                seconds[side] = clamd_alone(stack, tmp, size)
         if round_number:
             ours.append(size / 1e6 / seconds["dropgate"])
             theirs.append(size / 1e6 / seconds["clamd"])
@@ -127,7 +127,7 @@ def _dropgate_round(stack: LocalStack, s3, port: int, tmp: Path, size: int, rss:
     return _timed_scan(port, storage.uploads_bucket, key, size, rss, stack.event_token("scan"))
 
 
-def _clamd_round(stack: LocalStack, tmp: Path, size: int) -> float:
+def clamd_alone(stack: LocalStack, tmp: Path, size: int) -> float:
     """Fresh bytes of the same size in a local file, scanned by clamd itself (timed)."""
     path = fresh_file(tmp / "clamd-file.bin", size)
     start = time.perf_counter()

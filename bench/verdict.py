@@ -14,13 +14,12 @@ import hashlib
 import time
 from pathlib import Path
 
-import clamd
 import psycopg
 from dropgate_local.client import DropgateClient
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.stack import FUNCTIONS, HOST, LocalStack
 
-from bench import stats
+from bench import scan, stats
 from bench.fair_bytes import fresh_file
 from bench.fair_report import clamd_database
 
@@ -72,16 +71,6 @@ def _dropgate_round(stack: LocalStack, token: str, size: int, timeout: float = 9
     upload_id, completed_at = _upload(presign, token, path, size)
     path.unlink()
     return _wait_clean(presign, token, upload_id, timeout) - completed_at
-
-
-def _clamd_round(stack: LocalStack, size: int) -> float:
-    path = fresh_file(stack.data_dir / "verdict-clamd.bin", size)
-    start = time.perf_counter()
-    result = clamd.ClamdNetworkSocket(HOST, stack.ports.clamd, timeout=900).scan(str(path))
-    seconds = time.perf_counter() - start
-    path.unlink()
-    assert next(iter(result.values()))[0] == "OK", result
-    return seconds
 
 
 def measure(stack: LocalStack, *, sizes_mib: list[int], rounds: int) -> list[dict]:
@@ -155,7 +144,7 @@ def _measure_size(stack: LocalStack, token: str, size_mib: int, rounds: int, dat
     for round_number in range(rounds):
         for side in stats.abba(round_number, "dropgate", "clamd"):
             seconds[side].append(_dropgate_round(stack, token, size_mib * MIB) if side == "dropgate"
-                                 else _clamd_round(stack, size_mib * MIB))
+                                 else scan.clamd_alone(stack, stack.data_dir, size_mib * MIB))
     return _row(size_mib, seconds["dropgate"], seconds["clamd"], database)
 
 

@@ -17,14 +17,16 @@ import os
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import ChildProcess, StartupError, free_port
-from dropgate_local.stack import HOST, LocalStack
+from dropgate_local.stack import HOST, LocalStack, StackPorts
 
 PEERS_DIR = Path(__file__).resolve().parent
 NODE_MODULES = PEERS_DIR / "node_modules"
@@ -230,3 +232,18 @@ def tree_cpu_seconds(root: int) -> float:
         return 0.0
     reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS  # fields 16, 17
     return cpu_seconds(process_tree(root)) + reaped
+
+
+def run_alone(measure: Callable[[LocalStack], list[dict]]) -> int:
+    """A peer's module on its own (`python -m bench.peers.<name>`): a stack with PostgreSQL and storage,
+    the rows printed, every process stopped."""
+    with tempfile.TemporaryDirectory(prefix="dropgate-peers-") as tmp:
+        stack = LocalStack(Path(tmp), StackPorts.allocate())
+        try:
+            stack.start_postgres()
+            stack.start_storage(webhook=False)
+            rows = measure(stack)
+        finally:
+            stack.stop()
+    print_rows(rows)
+    return 0

@@ -31,14 +31,13 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from dropgate_local.client import put_part
 from dropgate_local.processes import ChildProcess, free_port
-from dropgate_local.stack import HOST, UPLOADS_BUCKET, LocalStack, StackPorts
+from dropgate_local.stack import HOST, UPLOADS_BUCKET, LocalStack
 
 from bench import peers
 from shared.platform.storage import create_s3_client
@@ -366,16 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="presign beside @uppy/companion (bench/peers/companion.py)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and sessions")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="dropgate-peers-") as tmp:
-        stack = LocalStack(Path(tmp), StackPorts.allocate())
-        try:
-            stack.start_postgres()
-            stack.start_storage(webhook=False)
-            rows = measure(stack, quick=args.quick)
-        finally:
-            stack.stop()
-    peers.print_rows(rows)
-    return 0
+    return peers.run_alone(lambda stack: measure(stack, quick=args.quick))
 
 
 if __name__ == "__main__":

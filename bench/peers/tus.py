@@ -29,7 +29,6 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -43,7 +42,7 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from dropgate_local.client import DropgateClient, UploadFailed
 from dropgate_local.processes import ChildProcess, free_port
-from dropgate_local.stack import HOST, UPLOADS_BUCKET, LocalStack, StackPorts
+from dropgate_local.stack import HOST, UPLOADS_BUCKET, LocalStack
 
 from bench import peers
 from shared.platform.storage import create_s3_client
@@ -283,16 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, help="uploads at once (default 400; quick 40)")
     parser.add_argument("--size-mb", type=int, default=25, help="file size in MB (default 25)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="dropgate-peers-") as tmp:
-        stack = LocalStack(Path(tmp), StackPorts.allocate())
-        try:
-            stack.start_postgres()
-            stack.start_storage(webhook=False)
-            rows = measure(stack, quick=args.quick, users=args.users, size_mb=args.size_mb)
-        finally:
-            stack.stop()
-    peers.print_rows(rows)
-    return 0
+    return peers.run_alone(lambda stack: measure(stack, quick=args.quick, users=args.users, size_mb=args.size_mb))
 
 
 if __name__ == "__main__":
