@@ -104,13 +104,14 @@ def probe_storage(s3: BaseClient, settings: StorageSettings) -> ProbeResult:
         result = _probe_part(settings, bucket, key, upload_id)
     finally:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-    configured = {Capability(c): _CONFIGURATION_PROBES[Capability(c)] for c in settings.expect}
-    for capability, probe in configured.items():
-        shortfalls = [f"{b}: {why}" for b in (bucket, settings.quarantine_bucket) if (why := probe(s3, b))]
-        result.details[capability] = "; ".join(shortfalls) or "configured on both buckets"
-    lacking = {capability for capability in configured if result.details[capability] != "configured on both buckets"}
-    return ProbeResult(enforced=result.enforced | (configured.keys() - lacking), missing=result.missing | lacking,
-                       details=result.details)
+    shortfalls = {capability: [f"{b}: {why}" for b in (bucket, settings.quarantine_bucket)
+                               if (why := _CONFIGURATION_PROBES[capability](s3, b))]
+                  for capability in map(Capability, settings.expect)}
+    lacking = {capability for capability, found in shortfalls.items() if found}
+    details = {**result.details, **{capability: "; ".join(found) or "configured on both buckets"
+                                    for capability, found in shortfalls.items()}}
+    return ProbeResult(enforced=result.enforced | (shortfalls.keys() - lacking), missing=result.missing | lacking,
+                       details=details)
 
 
 def _object_lock_shortfall(s3: BaseClient, bucket: str) -> str | None:

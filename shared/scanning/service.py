@@ -36,10 +36,10 @@ import hashlib
 import logging
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import psycopg
 from botocore.client import BaseClient
@@ -69,6 +69,7 @@ from shared.uploads.model import (
     values,
 )
 
+T = TypeVar("T")
 logger = logging.getLogger("dropgate.scan")
 
 ACTOR: Final = Actor.system("scan")
@@ -243,12 +244,7 @@ class ObjectScanner:
     def _read_for_reuse(self, upload: UploadRow, source: UploadRow) -> tuple[str, MeasuredStream, ClamdReply,
                                                                               str | None] | None:
         """The object read once without clamd, with the source's clamd finding; None when its bytes differ."""
-        bucket, body, length, version_id = self._open(upload)
-        stream = MeasuredStream(body, self._chunk_size, length, upload.content_type)
-        try:
-            reuse.read_without_clamd(stream)
-        finally:
-            body.close()
+        bucket, stream, _, version_id = self._read_object(upload, reuse.read_without_clamd)
         if not reuse.confirms(stream, upload, source):
             log_event(logger, "verdict not reused: the stored bytes are not the earlier upload's; full scan",
                       logging.WARNING, outcome="reuse_refused", reused_from=str(source.id),
@@ -256,14 +252,24 @@ class ObjectScanner:
             return None
         return bucket, stream, reuse.clamd_finding(source), version_id
 
-    def _stream_through_clamd(self, upload: UploadRow) -> tuple[str, MeasuredStream, ClamdReply, str | None]:
+    def _read_object(self, upload: UploadRow, consume: Callable[[MeasuredStream], T]) -> tuple[
+            str, MeasuredStream, T, str | None]:
+        """One pass over the object's bytes by `consume`; (bucket, the measured stream, what consume gave, version)."""
         bucket, body, length, version_id = self._open(upload)
         stream = MeasuredStream(body, self._chunk_size, length, upload.content_type)
         try:
-            reply = self._scanner.scan_chunks(stream)
+            return bucket, stream, consume(stream), version_id
         finally:
             body.close()
+
+    def _scan_counted(self, stream: MeasuredStream) -> ClamdReply:
+        try:
+            return self._scanner.scan_chunks(stream)
+        finally:
             metrics.SCAN_BYTES.inc(stream.length)
+
+    def _stream_through_clamd(self, upload: UploadRow) -> tuple[str, MeasuredStream, ClamdReply, str | None]:
+        bucket, stream, reply, version_id = self._read_object(upload, self._scan_counted)
         if reply.outcome == "error":
             raise ScannerUnavailable(f"clamd could not scan: {reply.detail}")
         if reply.outcome == "unscannable" and not stream.finished:
