@@ -50,6 +50,7 @@ def test_error_message_lists_the_variables():
     ("DROPGATE_JWT_ALGORITHMS", "RS256,HS256", "HS256 not allowed"),
     ("DROPGATE_JWT_ALGORITHMS", "none", "none not allowed"),
     ("DROPGATE_STORAGE_ACCEPT_MISSING", "signature,everything", "everything is not a capability"),
+    ("DROPGATE_STORAGE_EXPECT", "object-lock,signature", "signature is not configurable"),
     ("DROPGATE_S3_ADDRESSING_STYLE", "host", "expected path or virtual"),
     ("DROPGATE_S3_CHECKSUMS", "always", "expected when_required or when_supported"),
     ("DROPGATE_S3_PART_CHECKSUMS", "sometimes", "expected optional or required"),
