@@ -12,12 +12,14 @@ and hashing bytes) is reported apart from the calls.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,12 +71,15 @@ def made_and_hashed(source: FreshBytes, number: int, length: int, timings: Timin
     return data, base64.b64encode(digest).decode()
 
 
-def through_dropgate(presign: str, token: str, size: int, timings: Timings) -> dict[str, Any]:
+def through_dropgate(presign: str, token: str, size: int, timings: Timings,
+                     gate: AbstractContextManager | None = None) -> dict[str, Any]:
     """The uploader page's flow: create, then per part hash -> sign (one part) -> PUT, then complete.
 
-    Returns presign's record of the upload (its part size is the one the baseline then uses).
+    `gate` (both paths take the same one) holds each part PUT until the run lets it send: see
+    bench/load.py, IN_FLIGHT_PUTS. Returns presign's record of the upload (its part size is the one
+    the baseline then uses).
     """
-    client = DropgateClient(presign, token, observe=timings.add, timeout=300)
+    client = DropgateClient(presign, token, observe=timings.add, timeout=300, part_gate=gate)
     created = client.create(filename="bench.bin", size=size, content_type=CONTENT_TYPE)
     if created.status != 201:
         raise UploadFailed("create", created)
@@ -96,7 +101,8 @@ def through_dropgate(presign: str, token: str, size: int, timings: Timings) -> d
     return record
 
 
-def straight_to_storage(s3, storage: Any, size: int, part_size: int, timings: Timings) -> None:
+def straight_to_storage(s3, storage: Any, size: int, part_size: int, timings: Timings,
+                        gate: AbstractContextManager | None = None) -> None:
     """The same parts, checksums and encryption, with boto3 creating, presigning and completing."""
     bucket, key = storage.uploads_bucket, f"bench/raw/{uuid.uuid4()}"
     # As presign's CreateMultipartUpload (shared/uploads/multipart.py): content type, metadata, SSE.
@@ -110,8 +116,9 @@ def straight_to_storage(s3, storage: Any, size: int, part_size: int, timings: Ti
         url = timings.timed("sign parts", lambda n=number, d=data, c=checksum: s3.generate_presigned_url(
             "upload_part", ExpiresIn=900, Params={"Bucket": bucket, "Key": key, "UploadId": upload_id,
                                                   "PartNumber": n, "ContentLength": len(d), "ChecksumSHA256": c}))
-        reply = timings.timed("part PUT", lambda u=url, d=data, c=checksum: call(
-            "PUT", u, data=d, headers={"x-amz-checksum-sha256": c}, timeout=300))
+        with gate or contextlib.nullcontext():
+            reply = timings.timed("part PUT", lambda u=url, d=data, c=checksum: call(
+                "PUT", u, data=d, headers={"x-amz-checksum-sha256": c}, timeout=300))
         if reply.status != 200:
             raise UploadFailed(f"PUT part {number}", reply)
         parts.append({"PartNumber": number, "ETag": reply.header("ETag")})

@@ -21,7 +21,7 @@ import clamd
 import psycopg
 from dropgate_local.stack import HOST, LocalStack
 
-from bench import stats
+from bench import sizing, stats
 
 LEGEND = [
     ("Every figure: median (min–max, n = rounds). Ratios are per round (dropgate and its baseline run back to "
@@ -80,8 +80,8 @@ def _quick_note(settings: dict) -> list[str]:
         return []
     return [(f"- **Quick run**: {settings['rounds']} rounds ({settings['load_rounds']} for the uploads at once, "
              f"{settings['spread_rounds']} for the spread arrivals) "
-            f"where a full run takes 5, {settings['users']} users, 50 MiB scans and a 200 MiB verdict instead of "
-            "1 GiB: indicative figures, and targets stated for heavier conditions read n/a.")]
+            f"where a full run takes 5, {settings['users']} users instead of 400, 25 MiB scans and a 50 MiB verdict "
+            "instead of 1 GiB: indicative figures, and targets stated for heavier conditions read n/a.")]
 
 
 def markdown(report: dict) -> str:
@@ -99,4 +99,6 @@ def markdown(report: dict) -> str:
     for item in report["rows"]:
         lines.append(f"| {item['name']} | {item['dropgate']} | {item['baseline']} | {stats.ratio_cell(item)} | "
                      f"{item.get('target') or ''} | {stats.met_cell(item.get('met')) if item.get('target') else ''} |")
+    if report.get("sizing"):
+        lines += ["", *sizing.markdown(report["sizing"])]
     return "\n".join(lines) + "\n"

@@ -10,8 +10,12 @@ proven each run). Two arrival patterns:
                alternating ABBA over the rounds, and the control plane's worst case
   spread       N arrivals evenly over 30 s (dropgate only): the control plane at a steady load
 
+Both take the same part PUTs in flight at most (IN_FLIGHT_PUTS, across all users): the control
+calls of all N users still come at once, only the bytes queue for the machine's loopback.
+
 The bucket is emptied (every version) and vacuumed after every run, untimed, so each run starts
-on the same empty store and a full run does not fill the disk.
+on the same empty store and a full run does not fill the disk. Before the runs, one client's
+uploads one after another give the costs per upload that bench/sizing.py scales up.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.processes import free_port
 from dropgate_local.stack import HOST, LocalStack
 
-from bench import stats
+from bench import sizing, stats
 from bench.fair_bytes import CHUNK, FreshBytes
 from bench.fair_flows import (
     Timings,
@@ -39,10 +43,21 @@ from bench.fair_flows import (
     through_dropgate,
 )
 from bench.fair_storage import empty_bucket, vacuum
+from bench.meters import Meters
+from bench.peers import postgres_pid
 from shared.platform.storage import create_s3_client
 
 MIB = 1024 * 1024
 TARGET_USERS, TARGET_SIZE_MB = 400, 25  # the issue's targets are stated at this load
+# Part bodies in flight at once, across all users of a run, on both paths alike. Every user creates,
+# signs and completes the moment it is ready (the control plane sees all N at once); only the bytes
+# queue. Why: the local SeaweedFS holds ~47 MB of memory per 8 MiB part it is receiving. 400 parts at
+# once took it to 18.8 GB of this machine's 23 GB, its chunk uploads to the volume server timed out
+# and 115 of 400 uploads failed with 500 InternalError (measured 2026-12-03, bench/load.py without a
+# cap). One machine's loopback is the bottleneck either way. 60 is what @tus/s3-store sends to storage
+# at once by default (its README, options.maxConcurrentPartUploads), so the tus peer's runs
+# (bench/peers/tus.py) use the same number on both sides.
+IN_FLIGHT_PUTS = 60
 STEPS = ("create", "sign parts", "complete")
 
 
@@ -136,8 +151,12 @@ def _raw_s3(storage: Any, users: int):
 
 
 def measure(stack: LocalStack, *, users: int, size_mb: int, rounds: int, spread_rounds: int,
-            spread_seconds: float = 30.0) -> list[dict]:
-    """Needs PostgreSQL and storage started; starts its own presign with limits fit for the load."""
+            spread_seconds: float = 30.0) -> tuple[list[dict], dict]:
+    """Needs PostgreSQL and storage started; starts its own presign with limits fit for the load.
+
+    Returns the rows, and the evidence bench/sizing.py needs: one client's costs per upload and the
+    throughput of every run with all users at once.
+    """
     presign = _start_presign(stack)
     key = DevSigningKey.load_or_create(stack.data_dir / "dev-oidc")
     tokens = [key.mint(subject=f"bench-{i}", roles=["uploader"], issuer=issuer_url(HOST, stack.ports.dev_oidc),
@@ -148,8 +167,13 @@ def measure(stack: LocalStack, *, users: int, size_mb: int, rounds: int, spread_
     part_size = through_dropgate(presign, tokens[0], size, Timings())["part_size"]
     straight_to_storage(s3, storage, size, part_size, Timings())
     proof = storage_verifies_checksums(presign, tokens[0], s3, storage)
-    sides = {"dropgate": lambda i, t: through_dropgate(presign, tokens[i], size, t),
-             "raw": lambda i, t: straight_to_storage(s3, storage, size, part_size, t)}
+    gate = threading.BoundedSemaphore(IN_FLIGHT_PUTS)
+    sides = {"dropgate": lambda i, t: through_dropgate(presign, tokens[i], size, t, gate),
+             "raw": lambda i, t: straight_to_storage(s3, storage, size, part_size, t, gate)}
+    meters = Meters(stack, {"presign": stack.children["presign-bench"].pid,
+                            "seaweedfs": stack.children["seaweedfs"].pid, **_postgres(stack)})
+    unit = sizing.measure_control(meters, lambda: sides["dropgate"](0, Timings()), lambda: sides["raw"](0, Timings()),
+                                  size_mb=size / 1e6, calls_per_upload=2 + -(-size // part_size), rounds=rounds)
 
     def clean_run(side: str, spread: float = 0.0) -> dict:
         result = run_users(sides[side], users, spread)
@@ -166,9 +190,17 @@ def measure(stack: LocalStack, *, users: int, size_mb: int, rounds: int, spread_
     spread = [clean_run("dropgate", spread_seconds) for _ in range(spread_rounds)]
     settings = {"users": users, "size_mb": size_mb, "part_size": part_size, "checksum_refusals": proof,
                 "at_target_load": users >= TARGET_USERS and size_mb >= TARGET_SIZE_MB}
-    return (control_rows(at_once["dropgate"], f"{users} users at once", 1000, settings, at_once["raw"])
+    rows = (control_rows(at_once["dropgate"], f"{users} users at once", 1000, settings, at_once["raw"])
             + data_plane_rows(at_once, settings)
             + control_rows(spread, f"{users} users arriving over {spread_seconds:.0f} s", 250, settings))
+    evidence = {"control": unit, "users": users, "in_flight_puts": IN_FLIGHT_PUTS,
+                "at_once_mb_s": {side: [run["mb_s"] for run in runs] for side, runs in at_once.items()}}
+    return rows, evidence
+
+
+def _postgres(stack: LocalStack) -> dict[str, int]:
+    pid = postgres_pid(stack)
+    return {"postgres": pid} if pid else {}
 
 
 # -- the rows ---------------------------------------------------------------------------------------

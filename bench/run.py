@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ from typing import TypeVar
 
 from dropgate_local.stack import LocalStack, StackPorts
 
-from bench import coldstart, expiry, fair_report, load, scan, signing, verdict
+from bench import coldstart, expiry, fair_report, load, scan, signing, sizing, verdict
 from bench.peers import companion, tus
 
 RESULTS = Path(__file__).with_name("results")
@@ -34,14 +35,14 @@ T = TypeVar("T")
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="dropgate benchmarks against same-run baselines")
     parser.add_argument("--quick", action="store_true", help="small sizes and 3 rounds: a few minutes")
-    parser.add_argument("--users", type=int, help="uploaders (default 400; quick 40)")
+    parser.add_argument("--users", type=int, help="uploaders (default 400; quick 24)")
     parser.add_argument("--size-mb", type=int, help="file size per uploader in MB (default 25)")
     parser.add_argument("--rounds", type=int, help="rounds of every measurement (default 5; quick 3)")
     parser.add_argument("--spread-rounds", type=int, help="rounds of the 30 s arrivals load (default: --rounds; "
                         "quick 1)")
     args = parser.parse_args(argv)
     rounds_given = args.rounds
-    args.users = args.users or (40 if args.quick else 400)
+    args.users = args.users or (24 if args.quick else 400)
     args.size_mb = args.size_mb or 25
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.spread_rounds = args.spread_rounds or (1 if args.quick else args.rounds)
@@ -55,18 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     started, report_machine, phases = time.monotonic(), fair_report.machine(), {}
     rows = [_phase(phases, "signing", lambda: signing.measure(rounds=10 if args.quick else 30))]
-    found, stack_rows = _phase(phases, "load, expiry, cold start",
-                               lambda: _with_stack(lambda stack: _control_and_storage(stack, args, phases)))
+    found, stack_rows, evidence = _phase(phases, "load, expiry, cold start", lambda: _with_stack(
+        lambda stack: _control_and_storage(stack, args, phases)))
     rows += stack_rows
     rows += _phase(phases, "scan", lambda: _scan(args))
-    rows += _phase(phases, "time to verdict", lambda: _with_stack(lambda stack: verdict.measure(
-        stack, sizes_mib=[25, 200] if args.quick else [25, 1024], rounds=args.rounds)))
+    verdict_rows, pipeline = _phase(phases, "time to verdict", lambda: _with_stack(lambda stack: verdict.measure(
+        stack, sizes_mib=[25, 50] if args.quick else [25, 1024], rounds=args.rounds)))
+    rows += verdict_rows
+    model = None
+    if pipeline is not None:
+        model = sizing.model(evidence["control"], pipeline, os.cpu_count() or 1, evidence["at_once_mb_s"])
+        rows.append(sizing.check_row(model, evidence["users"], args.size_mb))
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": report_machine,
               "command": fair_report.command(argv), "versions": found,
               "settings": {"users": args.users, "size_mb": args.size_mb, "rounds": args.rounds,
                            "load_rounds": args.load_rounds, "spread_rounds": args.spread_rounds,
                            "quick": args.quick},
-              "seconds": round(time.monotonic() - started), "phase_seconds": phases, "rows": rows}
+              "seconds": round(time.monotonic() - started), "phase_seconds": phases, "rows": rows,
+              "sizing": model}
     write(report)
     return 0
 
@@ -84,7 +91,7 @@ def _phase(phases: dict, name: str, work: Callable[[], T]) -> T:
 def _scan(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="dropgate-bench-") as tmp:
         result = scan.run(LocalStack(Path(tmp), StackPorts.allocate()), Path(tmp),
-                          (50 if args.quick else 1024) * MIB, args.rounds)
+                          (25 if args.quick else 1024) * MIB, args.rounds)
     return scan.rows(result)
 
 
@@ -98,23 +105,24 @@ def _with_stack(work):
             stack.stop()
 
 
-def _control_and_storage(stack: LocalStack, args: argparse.Namespace, phases: dict) -> tuple[dict, list[dict]]:
+def _control_and_storage(stack: LocalStack, args: argparse.Namespace,
+                         phases: dict) -> tuple[dict, list[dict], dict]:
     """Load, expiry and cold starts share one stack (PostgreSQL, clamd, storage; no webhook)."""
     stack.start_postgres()
     stack.start_clamd(try_update=False)
     stack.start_storage(webhook=False)
     found = fair_report.versions(stack)
-    rows = _phase(phases, "load", lambda: load.measure(
+    rows, evidence = _phase(phases, "load", lambda: load.measure(
         stack, users=args.users, size_mb=args.size_mb, rounds=args.load_rounds, spread_rounds=args.spread_rounds))
-    rows += _phase(phases, "expiry", lambda: expiry.measure(stack, files=500 if args.quick else 2000,
+    rows += _phase(phases, "expiry", lambda: expiry.measure(stack, files=200 if args.quick else 2000,
                                                              rounds=args.rounds))
-    rows += _phase(phases, "cold start", lambda: coldstart.measure(stack, rounds=args.rounds))
+    rows += _phase(phases, "cold start", lambda: coldstart.measure(stack, rounds=2 if args.quick else args.rounds))
     # The peers (installed from npm into bench/peers/node_modules) against the same SeaweedFS.
     rows += _phase(phases, "peer: Uppy Companion", lambda: _peer("Uppy Companion", lambda: companion.measure(
         stack, quick=args.quick)))
     rows += _phase(phases, "peer: tus", lambda: _peer("tus", lambda: tus.measure(
         stack, quick=args.quick, users=args.users, size_mb=args.size_mb)))
-    return found, rows
+    return found, rows, evidence
 
 
 def _peer(name: str, work: Callable[[], list[dict]]) -> list[dict]:

@@ -19,14 +19,16 @@ from dropgate_local.client import DropgateClient
 from dropgate_local.devauth import DevSigningKey, issuer_url
 from dropgate_local.stack import FUNCTIONS, HOST, LocalStack
 
-from bench import scan, stats
+from bench import scan, sizing, stats
 from bench.fair_bytes import fresh_file
 from bench.fair_report import clamd_database
+from bench.meters import Meters
 
 MIB = 1024 * 1024
 SMALL_LIMIT_S = 0.25  # the issue: time to verdict of 25 MiB ≤ 0.25 s
 LARGE_LIMIT = 1.3  # the issue: time to verdict of 1 GiB ≤ 1.3× clamd alone
 REUSE_LIMIT_S = 0.05  # the issue: a re-upload of identical bytes reads its verdict within 50 ms
+PIPELINE_SIZE = 25_000_000  # the sizing model's average upload (issue 21: 25 MB)
 WARM_UP_TIMEOUT_S = 60  # a pipeline that cannot scan 1 MiB in a minute is reported broken, not waited for
 
 
@@ -73,10 +75,12 @@ def _dropgate_round(stack: LocalStack, token: str, size: int, timeout: float = 9
     return _wait_clean(presign, token, upload_id, timeout) - completed_at
 
 
-def measure(stack: LocalStack, *, sizes_mib: list[int], rounds: int) -> list[dict]:
+def measure(stack: LocalStack, *, sizes_mib: list[int], rounds: int) -> tuple[list[dict], dict | None]:
     """Starts the pipeline on `stack`; one uncounted warm-up upload, then `rounds` rounds per size.
 
-    A pipeline that gives no verdict is reported as such in its rows (met: no), not as a crashed run.
+    Returns the rows, and what one upload of the average size costs the whole pipeline (bench/sizing.py;
+    None when the pipeline gave no verdict). A pipeline that gives no verdict is reported as such in its
+    rows (met: no), not as a crashed run.
     """
     _start(stack)
     key = DevSigningKey.load_or_create(stack.data_dir / "dev-oidc")
@@ -87,7 +91,13 @@ def measure(stack: LocalStack, *, sizes_mib: list[int], rounds: int) -> list[dic
         _dropgate_round(stack, token, MIB, timeout=WARM_UP_TIMEOUT_S)
     except (AssertionError, KeyError, OSError) as exc:
         reason = f"no verdict for a 1 MiB warm-up upload within {WARM_UP_TIMEOUT_S} s ({exc}){_stopped(stack)}"
-        return [_failed_row(size_mib, reason) for size_mib in sizes_mib]
+        return [_failed_row(size_mib, reason) for size_mib in sizes_mib], None
+    try:
+        pipeline = sizing.measure_pipeline(Meters.of(stack), lambda: _dropgate_round(stack, token, PIPELINE_SIZE),
+                                           size_mb=PIPELINE_SIZE / 1e6, rounds=rounds)
+    except (AssertionError, KeyError, OSError) as exc:
+        print(f"[bench] the sizing model's pipeline costs: {exc}{_stopped(stack)}", flush=True)
+        pipeline = None
     rows = []
     for size_mib in sizes_mib:
         try:
@@ -98,7 +108,7 @@ def measure(stack: LocalStack, *, sizes_mib: list[int], rounds: int) -> list[dic
         rows.append(_measure_reuse(stack, token, max(sizes_mib), rounds))
     except (AssertionError, KeyError, OSError) as exc:
         rows.append(stats.row(_REUSE_NAME, f"FAILED: {exc}{_stopped(stack)}"[:300], target=_REUSE_TARGET, met=False))
-    return rows
+    return rows, pipeline
 
 
 _REUSE_NAME = "time to verdict, re-upload of identical bytes (same owner, same signatures; verdict reused)"

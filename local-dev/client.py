@@ -8,12 +8,14 @@ every call's duration (the benchmarks time the control plane with it).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,11 +88,15 @@ class Uploaded:
 
 
 class DropgateClient:
-    def __init__(self, base_url: str, token: str, *, observe: Observer | None = None, timeout: float = 60) -> None:
+    def __init__(self, base_url: str, token: str, *, observe: Observer | None = None, timeout: float = 60,
+                 part_gate: AbstractContextManager | None = None) -> None:
+        """`part_gate`, when given, is entered around every part PUT: a load that shares one (a semaphore)
+        keeps that many part bodies in flight at most (bench/load.py, IN_FLIGHT_PUTS)."""
         self.base_url = base_url.rstrip("/")
         self.token = token
         self._observe = observe
         self._timeout = timeout
+        self._part_gate = part_gate
 
     def _call(self, step: str, method: str, url: str, **kwargs: Any) -> Reply:
         started = time.perf_counter()
@@ -123,8 +129,9 @@ class DropgateClient:
         return self._api("sign parts", "POST", f"/uploads/{upload_id}/parts", json_body={"parts": requested})
 
     def put_part(self, signed: dict[str, Any], data: bytes) -> Reply:
-        started = time.perf_counter()
-        reply = put_part(signed, data, timeout=self._timeout)
+        with self._part_gate or contextlib.nullcontext():
+            started = time.perf_counter()
+            reply = put_part(signed, data, timeout=self._timeout)
         if self._observe is not None:
             self._observe("part PUT", time.perf_counter() - started)
         return reply

@@ -41,14 +41,17 @@ class SeaweedPorts:
     # stacks on one machine would collide without ports of their own.
     admin: int
     admin_grpc: int
+    # The S3 gateway's Prometheus metrics (SeaweedFS_s3_request_total by action): the bench counts
+    # the storage requests an upload costs from them (bench/sizing.py).
+    s3_metrics: int
 
     @classmethod
     def from_base(cls, base: int) -> SeaweedPorts:
-        return cls(*range(base, base + 10))
+        return cls(*range(base, base + 11))
 
     @classmethod
     def allocate(cls) -> SeaweedPorts:
-        return cls(*(free_port() for _ in range(10)))
+        return cls(*(free_port() for _ in range(11)))
 
 
 def write_config(config_dir: Path, *, access_key: str, secret_key: str, webhook_url: str | None,
@@ -100,6 +103,7 @@ def mini_command(weed_bin: str, *, data_dir: Path, config_dir: Path, ports: Seaw
         f"-s3.port={ports.s3}", f"-s3.port.grpc={ports.s3_grpc}",
         f"-admin.port={ports.admin}", f"-admin.port.grpc={ports.admin_grpc}",
         f"-s3.config={config_dir / 's3.json'}",
+        f"-metricsIp={HOST}", f"-metricsPort={ports.s3_metrics}",
         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-webdav=false", "-admin.ui=false", "-master.telemetry=false",

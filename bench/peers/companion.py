@@ -326,7 +326,7 @@ def measure(stack: LocalStack, *, quick: bool) -> list[dict]:
     """Needs PostgreSQL and storage started; starts its own presign (bench/load.py's limits) and Companion,
     and stops both, whatever happens."""
     peers.ensure_installed()
-    rounds, sessions, block = (40, 40, 10) if quick else (150, 150, 15)
+    rounds, sessions, block = (25, 30, 10) if quick else (150, 150, 15)
     children: list[ChildProcess] = []
     opened: list = []
     try:

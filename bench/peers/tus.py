@@ -1,6 +1,6 @@
 """dropgate's direct-to-storage data plane beside a tus server that relays the bytes into the same SeaweedFS.
 
-N users at once each upload one file of S MB (full: 400 × 25 MB; quick: 40 × 25 MB), fresh bytes for every
+N users at once each upload one file of S MB (full: 400 × 25 MB; quick: 24 × 25 MB), fresh bytes for every
 upload, on both sides:
 
     dropgate   the browser's flow through presign (dropgate_local.client, as bench/load.py): create, part
@@ -11,6 +11,9 @@ upload, on both sides:
                tus-js-client's default chunkSize is Infinity (tus/tus-js-client docs/api.md, "chunkSize"):
                the whole file in one PATCH; the store cuts it into S3 parts of its own preferred size
                (8 MiB by default, node_modules/@tus/s3-store/README.md "options.partSize").
+
+Part bodies on their way to storage are capped alike: @tus/s3-store sends at most 60 at once (its default
+maxConcurrentPartUploads), and dropgate's users share a cap of the same size (bench/load.py, IN_FLIGHT_PUTS).
 
 The runs alternate (dropgate, tus, tus, dropgate) so that storage filling up and drift fall on both;
 throughput is all the bytes over all the seconds of a side's runs. Each upload's bytes are an AES-256-CTR
@@ -45,6 +48,7 @@ from dropgate_local.processes import ChildProcess, free_port
 from dropgate_local.stack import HOST, UPLOADS_BUCKET, LocalStack
 
 from bench import peers
+from bench.load import IN_FLIGHT_PUTS
 from shared.platform.storage import create_s3_client
 from shared.uploads.parts import choose_part_size, part_length
 
@@ -108,13 +112,14 @@ class Run:
             self.errors.append(message[:300])
 
 
-def dropgate_upload(presign: str, token: str, prepared: Prepared, run: Run) -> None:
+def dropgate_upload(presign: str, token: str, prepared: Prepared, run: Run,
+                    gate: threading.BoundedSemaphore | None = None) -> None:
     def read_part(number: int, part_size: int) -> bytes:
         assert part_size == prepared.part_size, "presign split the file differently from the checksums"
         return prepared.file.read((number - 1) * part_size, part_length(number, prepared.file.size, part_size))
 
     try:
-        done = DropgateClient(presign, token, timeout=300).upload_from(
+        done = DropgateClient(presign, token, timeout=300, part_gate=gate).upload_from(
             filename="peer.bin", size=prepared.file.size, read_part=read_part, sha256=prepared.sha256,
             checksums=prepared.part_sha256)
         with run.lock:
@@ -170,9 +175,13 @@ def run_dropgate(presign: str, tokens: list[str], size: int) -> Run:
     with ThreadPoolExecutor(max_workers=2) as pool:  # untimed: the checksums the client knows beforehand
         prepared = list(pool.map(lambda _: prepare_for_dropgate(size), tokens))
     run = Run("dropgate", 0.0, len(tokens) * size)
+    # @tus/s3-store sends at most 60 parts to storage at once (its default maxConcurrentPartUploads); dropgate's
+    # users, whose browsers PUT parts straight to storage, get the same cap (bench/load.py, IN_FLIGHT_PUTS).
+    gate = threading.BoundedSemaphore(IN_FLIGHT_PUTS)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(tokens)) as pool:
-        list(pool.map(lambda pair: dropgate_upload(presign, pair[0], pair[1], run), zip(tokens, prepared, strict=True)))
+        list(pool.map(lambda pair: dropgate_upload(presign, pair[0], pair[1], run, gate),
+                      zip(tokens, prepared, strict=True)))
     run.seconds = time.perf_counter() - started
     return run
 
@@ -249,7 +258,7 @@ def measure(stack: LocalStack, *, quick: bool, users: int | None = None, size_mb
     """Needs PostgreSQL and storage started; starts its own presign (bench/load.py's limits) and tus server,
     and stops both, whatever happens."""
     peers.ensure_installed()
-    users = users or (40 if quick else 400)
+    users = users or (24 if quick else 400)
     size = size_mb * MB
     children: list[ChildProcess] = []
     try:
@@ -278,8 +287,8 @@ def measure(stack: LocalStack, *, quick: bool, users: int | None = None, size_mb
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="dropgate's data plane beside @tus/server (bench/peers/tus.py)")
-    parser.add_argument("--quick", action="store_true", help="40 users instead of 400")
-    parser.add_argument("--users", type=int, help="uploads at once (default 400; quick 40)")
+    parser.add_argument("--quick", action="store_true", help="24 users instead of 400")
+    parser.add_argument("--users", type=int, help="uploads at once (default 400; quick 24)")
     parser.add_argument("--size-mb", type=int, default=25, help="file size in MB (default 25)")
     args = parser.parse_args(argv)
     return peers.run_alone(lambda stack: measure(stack, quick=args.quick, users=args.users, size_mb=args.size_mb))
