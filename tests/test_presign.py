@@ -364,23 +364,37 @@ def test_size_and_type_limits(presign, idp) -> None:
     assert image.status == 201  # image/* is allowed
 
 
-def test_open_uploads_limit_answers_429(presign, idp) -> None:
+def open_multipart_uploads(s3, bucket: str) -> set[str]:
+    """UploadIds of every multipart upload storage holds open in `bucket` (all pages)."""
+    found: set[str] = set()
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+        found |= {upload["UploadId"] for upload in page.get("Uploads", [])}
+    return found
+
+
+def test_open_uploads_limit_answers_429(presign, idp, s3, unwatched) -> None:
     token = idp.token(user())
     for _ in range(5):
         assert create(presign, token, b"x" * 100).status == 201
+    # create asks storage for the multipart upload while the database checks the quota: a refusal must
+    # abort it, or every refused request would leave one behind.
+    before = open_multipart_uploads(s3, unwatched.uploads_bucket)
     reply = create(presign, token, b"x" * 100)
     assert reply.status == 429 and int(reply.header("Retry-After")) > 0
     assert "open" in reply.json()["detail"]
+    assert open_multipart_uploads(s3, unwatched.uploads_bucket) == before
 
 
-def test_bytes_per_day_limit_answers_429(presign, idp) -> None:
+def test_bytes_per_day_limit_answers_429(presign, idp, s3, unwatched) -> None:
     token = idp.token(user())
     body = {"filename": "big.bin", "size": 1024 ** 3, "content_type": "application/octet-stream"}
     for _ in range(3):
         assert call("POST", f"{presign}/uploads", token=token, json_body=body).status == 201
+    before = open_multipart_uploads(s3, unwatched.uploads_bucket)
     reply = call("POST", f"{presign}/uploads", token=token, json_body=body)
     assert reply.status == 429 and int(reply.header("Retry-After")) >= 60
     assert "24 hours" in reply.json()["detail"]
+    assert open_multipart_uploads(s3, unwatched.uploads_bucket) == before
 
 
 def test_request_rate_limit_answers_429(presign, idp) -> None:

@@ -22,7 +22,7 @@ from events.backends import PARSERS
 from events.notifications import Adapted, MalformedNotification, OwnedBuckets
 from events.types import StorageObjectEvent
 from shared.platform import tracing
-from shared.platform.auth import bearer_token, holds_secret
+from shared.platform.bearer import bearer_token, holds_secret
 from shared.platform.delivery import EventSink
 from shared.platform.errors import (
     BadRequest,

@@ -11,6 +11,23 @@ from psycopg.types.json import Jsonb
 
 from shared.platform import tracing
 
+COLUMNS = "upload_id, actor, action, detail, source_ip, trace_id"
+PLACEHOLDERS = "%s, %s, %s, %s, %s, %s"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One audit row before it is written: by whom, what, with which details."""
+
+    actor: Actor
+    action: str
+    detail: dict[str, Any]
+
+    def parameters(self, upload_id: UUID | str | None) -> tuple[Any, ...]:
+        """The values for COLUMNS; `trace_id` is the actor's, else the current trace's."""
+        return (upload_id, self.actor.name, self.action, Jsonb(self.detail), self.actor.source_ip,
+                self.actor.trace_id or tracing.current_trace_id())
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -32,8 +49,5 @@ def record(conn: psycopg.Connection, actor: Actor, action: str, upload_id: UUID 
     `trace_id` is the actor's, else the current trace's (shared.platform.tracing), so every step of an
     upload's history names the trace that made it.
     """
-    conn.execute(
-        "INSERT INTO audit_log (upload_id, actor, action, detail, source_ip, trace_id)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (upload_id, actor.name, action, Jsonb(detail), actor.source_ip, actor.trace_id or tracing.current_trace_id()),
-    )
+    conn.execute(f"INSERT INTO audit_log ({COLUMNS}) VALUES ({PLACEHOLDERS})",
+                 Entry(actor, action, detail).parameters(upload_id))

@@ -16,16 +16,15 @@ its `exp` checked on every use) so a client's burst of requests verifies its sig
 
 from __future__ import annotations
 
-import hmac
 import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import jwt
 
+from shared.platform.bearer import bearer_from_file, bearer_token
 from shared.platform.errors import DependencyUnavailable, Forbidden, Unauthorized
 from shared.platform.lru import LruCache
 from shared.platform.settings import AuthSettings, EventAuthSettings
@@ -52,28 +51,6 @@ class Principal:
         # Admins can do what uploaders can.
         if role not in self.roles and not self.is_admin:
             raise Forbidden(f"this needs the {role!r} role")
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme is case-insensitive), else None.
-
-    The one parser of that header: user tokens, the storage webhook's and the metrics token all go through it.
-    """
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
-def bearer_from_file(path: str) -> dict[str, str]:
-    """`Authorization: Bearer` with the token in `path`, read now: kubelet rewrites a projected
-    service-account token before it expires (at 80% of its lifetime), so it is never cached. OSError
-    when the file cannot be read."""
-    return {"Authorization": f"Bearer {Path(path).read_text().strip()}"}
-
-
-def holds_secret(authorization: str | None, secret: str) -> bool:
-    """Whether the header carries exactly `secret` as its bearer token; compared in constant time."""
-    token = bearer_token(authorization)
-    return token is not None and hmac.compare_digest(token.encode(), secret.encode())
 
 
 def _unauthorized(detail: str) -> Unauthorized:

@@ -24,7 +24,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from shared.platform import metrics, tracing
-from shared.platform.auth import bearer_from_file
+from shared.platform.bearer import bearer_from_file
 from shared.platform.errors import ApiError, DependencyUnavailable
 from shared.platform.logs import log_event
 from shared.platform.settings import EventSettings

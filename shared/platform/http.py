@@ -19,19 +19,17 @@ import ipaddress
 import json
 import logging
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import flask
-import psycopg
 import werkzeug.exceptions
-from botocore.exceptions import BotoCoreError, ClientError
 from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import CloudEvent, from_http
 from opentelemetry.trace import SpanKind
-from psycopg_pool import PoolTimeout
 
 from events.wire import InvalidEvent
 from shared.platform import metrics, tracing
@@ -49,7 +47,6 @@ from shared.platform.errors import (
     UnsupportedMediaType,
 )
 from shared.platform.logs import context, log_event
-from shared.platform.storage import IncompleteRead
 
 logger = logging.getLogger("dropgate.web")
 
@@ -182,13 +179,25 @@ class Route:
         return re.compile(f"^{pattern}/?$")
 
 
+def _raised_by(module: str, *names: str) -> tuple[type[BaseException], ...]:
+    """The exception classes `names` of `module` if it was imported, else none: what was never imported
+    cannot have raised. Cold start: a function without a database or storage (storage_events) never
+    imports psycopg or botocore, and this module imports neither for them."""
+    loaded = sys.modules.get(module)
+    return tuple(getattr(loaded, name) for name in names) if loaded is not None else ()
+
+
 def dependency_failure(exc: Exception) -> DependencyUnavailable | None:
     """A 503 for the failures of a backing service that a retry can cure; None for bugs."""
-    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+    database = _raised_by("psycopg", "OperationalError") + _raised_by("psycopg_pool", "PoolTimeout")
+    if isinstance(exc, database):
         return DependencyUnavailable(f"the database is unavailable: {type(exc).__name__}",
                                      headers={"Retry-After": "5"})
-    if isinstance(exc, BotoCoreError | IncompleteRead) or (
-            isinstance(exc, ClientError) and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500):
+    storage = (_raised_by("botocore.exceptions", "BotoCoreError")
+               + _raised_by("shared.platform.storage", "IncompleteRead"))
+    client_error = _raised_by("botocore.exceptions", "ClientError")
+    if isinstance(exc, storage) or (
+            isinstance(exc, client_error) and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500):
         return DependencyUnavailable(f"storage is unavailable: {type(exc).__name__}: {exc}"[:300],
                                      headers={"Retry-After": "5"})
     if isinstance(exc, ScannerUnavailable):

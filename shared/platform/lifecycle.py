@@ -10,25 +10,32 @@ survive a fork.
 from __future__ import annotations
 
 import atexit
+import importlib
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import TypeVar
-
-from botocore.client import BaseClient
-from psycopg_pool import ConnectionPool
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from shared.platform import logs, metrics, tracing
-from shared.platform.auth import EventSenderVerifier
 from shared.platform.clamd import StreamingClamd, check_clamd, create_scanner
-from shared.platform.db import DatabaseCheck, create_pool
 from shared.platform.delivery import EventSink
 from shared.platform.http import HealthCheck
 from shared.platform.settings import Settings, SettingsError
-from shared.platform.storage import create_s3_client
-from shared.platform.storage_probe import StorageCheck
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+    from psycopg_pool import ConnectionPool
 
 T = TypeVar("T")
+
+# The modules that build a section's clients, and with them psycopg, boto3 or jwt (each 150-300 ms).
+# A function imports only those of the sections it loads (storage_events: none), and imports them with
+# the instance, so neither /healthz nor a first request waits for them (cold start).
+SECTION_MODULES: Final = {
+    "database": "shared.platform.db",
+    "storage": "shared.platform.storage_probe",
+    "event_auth": "shared.platform.auth",
+}
 
 
 def load_settings_or_exit(sections: Iterable[str]) -> Settings:
@@ -45,6 +52,9 @@ class FunctionInstance:
         self.name = name
         self.sections = tuple(sections)
         self.settings = load_settings_or_exit(self.sections)
+        for section in self.sections:
+            if section in SECTION_MODULES:
+                importlib.import_module(SECTION_MODULES[section])
         if self.settings.has("observability"):
             observability = self.settings.observability
             tracing.configure(name, observability.traces_exporter, observability.otlp_endpoint)
@@ -67,6 +77,9 @@ class FunctionInstance:
 
     def event_sender(self, authorization: str | None) -> str:
         """Who delivered a CloudEvent (401/403 otherwise); needs the `event_auth` section. CloudEventApp asks it."""
+        # Cold start: imported with the event_auth section, by SECTION_MODULES.
+        from shared.platform.auth import EventSenderVerifier
+
         verifier = self.once("event_senders", lambda: EventSenderVerifier(self.settings.event_auth))
         return verifier.sender(authorization)
 
@@ -76,10 +89,16 @@ class FunctionInstance:
 
     @property
     def db(self) -> ConnectionPool:
+        # Cold start: imported with the database section, by SECTION_MODULES.
+        from shared.platform.db import create_pool
+
         return self.once("db", lambda: create_pool(self.settings.database))
 
     @property
     def s3(self) -> BaseClient:
+        # Cold start: imported with the storage section, by SECTION_MODULES.
+        from shared.platform.storage import create_s3_client
+
         return self.once("s3", lambda: create_s3_client(self.settings.storage))
 
     @property
@@ -90,8 +109,14 @@ class FunctionInstance:
         """A check for each real dependency of this function, by the sections it loaded."""
         checks: dict[str, HealthCheck] = {}
         if "database" in self.sections:
+            # Cold start: imported with the section, by SECTION_MODULES.
+            from shared.platform.db import DatabaseCheck
+
             checks["database"] = DatabaseCheck(lambda: self.db)
         if "storage" in self.sections:
+            # Cold start: imported with the section, by SECTION_MODULES.
+            from shared.platform.storage_probe import StorageCheck
+
             checks["storage"] = StorageCheck(lambda: self.s3, self.settings.storage)
         if "clamd" in self.sections:
             checks["clamd"] = lambda: check_clamd(self.scanner)
@@ -99,6 +124,5 @@ class FunctionInstance:
 
     def stop(self) -> None:
         """Drain and close the pool so a scale-down loses no in-flight transaction."""
-        pool = self._built.get("db")
-        if isinstance(pool, ConnectionPool):
-            pool.close(timeout=10)
+        if "db" in self._built:  # a pool never built has nothing to drain
+            self.db.close(timeout=10)

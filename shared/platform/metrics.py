@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 
 from events.types import Verdict
-from shared.platform.auth import holds_secret
+from shared.platform.bearer import holds_secret
 
 METRICS_PATH: Final = "/metrics"
 

@@ -9,25 +9,25 @@ from typing import Any
 import psycopg
 from psycopg.rows import kwargs_row
 
+from shared.platform import audit
 from shared.uploads.limits import RATE_COUNTER_SQL
 from shared.uploads.model import UploadRow, UploadStatus, upload_row
 
 
-def insert(conn: psycopg.Connection, *, upload_id: uuid.UUID, owner: str, bucket: str, key: str, filename: str,
-           content_type: str, size: int, part_size: int, part_count: int, declared_sha256: str | None,
-           expires_at: datetime, now: datetime) -> None:
-    conn.execute(
-        "INSERT INTO uploads (id, owner, bucket, object_key, filename, content_type, declared_size,"
-        " part_size, part_count, declared_sha256, expires_at, created_at, updated_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (upload_id, owner, bucket, key, filename, content_type, size, part_size, part_count, declared_sha256,
-         expires_at, now, now))
-
-
-def set_storage_upload_id(conn: psycopg.Connection, upload_id: uuid.UUID, storage_upload_id: str) -> UploadRow:
+def insert_audited(conn: psycopg.Connection, *, upload_id: uuid.UUID, owner: str, bucket: str, key: str,
+                   filename: str, content_type: str, size: int, part_size: int, part_count: int,
+                   declared_sha256: str | None, expires_at: datetime, now: datetime, storage_upload_id: str,
+                   audited: audit.Entry) -> UploadRow:
+    """The new upload's row and its audit entry, in one statement (one round trip): the row as stored."""
     return conn.cursor(row_factory=upload_row).execute(
-        "UPDATE uploads SET storage_upload_id = %s WHERE id = %s RETURNING *",
-        (storage_upload_id, upload_id)).fetchone()
+        "WITH inserted AS (INSERT INTO uploads (id, owner, bucket, object_key, filename, content_type,"
+        "  declared_size, part_size, part_count, declared_sha256, expires_at, created_at, updated_at,"
+        "  storage_upload_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *),"
+        # SELECT ... FROM inserted: the entry is written only with the row it describes.
+        f" audited AS (INSERT INTO audit_log ({audit.COLUMNS}) SELECT {audit.PLACEHOLDERS} FROM inserted)"
+        " SELECT * FROM inserted",
+        (upload_id, owner, bucket, key, filename, content_type, size, part_size, part_count, declared_sha256,
+         expires_at, now, now, storage_upload_id, *audited.parameters(upload_id))).fetchone()
 
 
 def load(conn: psycopg.Connection, upload_id: uuid.UUID, *, for_update: bool = False) -> UploadRow | None:

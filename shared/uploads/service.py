@@ -13,9 +13,11 @@ Invariants kept here (presign's main.py only parses and maps):
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,7 +47,6 @@ from shared.platform.settings import (
     StorageSettings,
 )
 from shared.platform.sigv4 import PresignedUrl, PresignSigner
-from shared.retention.reconcile import object_created_event
 from shared.scanning.content_policy import ContentPolicy, download_type
 from shared.uploads import repository
 from shared.uploads.limits import (
@@ -84,6 +85,9 @@ from shared.uploads.requests import (
 logger = logging.getLogger("dropgate.uploads")
 
 DOWNLOAD_URL_SECONDS = 300
+# Storage calls that run beside the database's work (create): one per request a pod serves at once
+# (presign's containerConcurrency, 16).
+PARALLEL_STORAGE_CALLS = 16
 STORAGE_IDS_REMEMBERED = 10_000  # UploadIds per process (a few MB at most)
 
 
@@ -107,6 +111,7 @@ class UploadService:
         self._announce = announce
         # S3 UploadId -> (upload id, owner, key): fixed at create, asked for by every Companion-route call.
         self._storage_ids: LruCache[str, tuple[str, str, str]] = LruCache(STORAGE_IDS_REMEMBERED)
+        self._in_parallel = ThreadPoolExecutor(PARALLEL_STORAGE_CALLS, thread_name_prefix="storage")
 
     @property
     def bucket(self) -> str:
@@ -144,33 +149,40 @@ class UploadService:
         # Server-generated, unguessable, and free of anything the user typed.
         key = f"uploads/{now:%Y/%m/%d}/{upload_id}"
         filename = sanitise_filename(new.filename)
-        storage_upload_id = None
+        # Storage's CreateMultipartUpload runs while the database checks the quota: the two waits overlap
+        # instead of adding up. The row is written only once storage has answered, in the same transaction.
+        started = self._in_parallel.submit(
+            contextvars.copy_context().run, self._storage_calls.start, self.bucket, key,
+            content_type=new.content_type, upload_id=upload_id, filename=filename, declared_sha256=new.sha256)
         try:
             with self._pool.connection() as conn, conn.transaction():
                 reserve_upload_quota(conn, principal.subject, new.size, self._limits, now)
-                repository.insert(conn, upload_id=upload_id, owner=principal.subject, bucket=self.bucket, key=key,
-                                  filename=filename, content_type=new.content_type, size=new.size,
-                                  part_size=part_size, part_count=part_count(new.size, part_size),
-                                  declared_sha256=new.sha256,
-                                  expires_at=now + timedelta(days=self._limits.retention_days), now=now)
-                # Storage last, inside the transaction: if it fails, the row rolls back with it.
-                storage_upload_id = self._storage_calls.start(
-                    self.bucket, key, content_type=new.content_type, upload_id=upload_id, filename=filename,
-                    declared_sha256=new.sha256)
-                row = repository.set_storage_upload_id(conn, upload_id, storage_upload_id)
-                audit.record(conn, actor, "upload.created", upload_id, filename=filename, size=new.size,
-                             content_type=new.content_type, key=key)
+                row = repository.insert_audited(
+                    conn, upload_id=upload_id, owner=principal.subject, bucket=self.bucket, key=key,
+                    filename=filename, content_type=new.content_type, size=new.size, part_size=part_size,
+                    part_count=part_count(new.size, part_size), declared_sha256=new.sha256,
+                    expires_at=now + timedelta(days=self._limits.retention_days), now=now,
+                    storage_upload_id=started.result(),
+                    audited=audit.Entry(actor, "upload.created", {"filename": filename, "size": new.size,
+                                                                  "content_type": new.content_type, "key": key}))
         except BaseException:
-            # The row did not commit: the multipart upload must not outlive it.
-            if storage_upload_id is not None:
-                with contextlib.suppress(DependencyUnavailable):
-                    self._storage_calls.abort(self.bucket, key, storage_upload_id)
+            # The row did not commit (a quota refused it, the database or storage failed): the multipart
+            # upload, if storage made one, must not outlive it.
+            self._abort_if_started(key, started)
             raise
         metrics.UPLOADS_CREATED.inc()
         bind(upload_id=str(upload_id))
         log_event(logger, "upload created", outcome="created", key=key, size=new.size, parts=row.part_count,
                   content_type=new.content_type, owner=principal.subject)
         return row
+
+    def _abort_if_started(self, key: str, started: Future[str]) -> None:
+        try:
+            storage_upload_id = started.result()
+        except Exception:  # noqa: BLE001 - storage made no multipart upload: nothing to abort
+            return
+        with contextlib.suppress(DependencyUnavailable):
+            self._storage_calls.abort(self.bucket, key, storage_upload_id)
 
     # -- reading --
 
@@ -329,6 +341,10 @@ class UploadService:
         """
         if self._announce is None:
             return
+        # Cold start: only this opt-in path (DROPGATE_EMIT_ON_COMPLETE) needs the reconcile pass's event
+        # builder, which imports the whole scan stack (archives, clamd's client); presign does not otherwise.
+        from shared.retention.reconcile import object_created_event
+
         try:
             head = self._storage_calls.head(row.bucket, row.object_key)
             if head is None:
