@@ -6,7 +6,10 @@ figures are summarised). Every baseline does the same work as dropgate's path (i
 same checksums and fresh bytes on the data plane, bytes clamd has not seen for the scans, a
 versioned bucket for expiry, every function for cold starts. Results go to
 bench/results/latest.json and bench/results/latest.md with the machine, the versions and the
-command. `--quick` makes a run of a few minutes with fewer rounds and smaller sizes, and says so.
+command, and to a dated copy that is kept; the README's table is regenerated from the newest kept
+run (bench/readme.py). The report ends with the sizing model (bench/sizing.py, docs/sizing.md),
+built from costs this run measured. `--quick` makes a run of about five minutes with fewer rounds
+and smaller sizes, and says so.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from typing import TypeVar
 
 from dropgate_local.stack import LocalStack, StackPorts
 
-from bench import coldstart, expiry, fair_report, load, scan, signing, sizing, verdict
+from bench import (
+    coldstart,
+    expiry,
+    fair_report,
+    load,
+    readme,
+    scan,
+    signing,
+    sizing,
+    verdict,
+)
 from bench.peers import companion, tus
 
 RESULTS = Path(__file__).with_name("results")
@@ -137,7 +150,8 @@ def _peer(name: str, work: Callable[[], list[dict]]) -> list[dict]:
 
 
 def write(report: dict) -> None:
-    """latest.{json,md} (ignored by git), and a dated copy to keep: bench/results/<date>[-quick].{json,md}."""
+    """latest.{json,md} (ignored by git), a dated copy to keep: bench/results/<date>[-quick].{json,md}, and the
+    README's table regenerated from the newest kept full run (a quick run's only while no full run is kept)."""
     table = fair_report.markdown(report)
     print(table)
     RESULTS.mkdir(exist_ok=True)
@@ -145,6 +159,7 @@ def write(report: dict) -> None:
     for name in ("latest", dated):
         (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (RESULTS / f"{name}.md").write_text(table)
+    readme.main([])
 
 
 if __name__ == "__main__":

@@ -106,6 +106,11 @@ def mini_command(weed_bin: str, *, data_dir: Path, config_dir: Path, ports: Seaw
         f"-metricsIp={HOST}", f"-metricsPort={ports.s3_metrics}",
         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
+        # Left at 0, the volume limit is free disk space / volume size, decided at start: on a fuller disk the
+        # test session's buckets (a collection each) ran out of volumes mid-run and every PUT answered 500
+        # "No writable volumes and no free volumes" (32 volumes with 33 GB free). Volumes are not
+        # preallocated, so a fixed, generous count costs nothing until used; a full disk still fails writes.
+        "-volume.max=500",
         "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
         # Buckets are created (with CORS and lifecycle) by shared.platform.storage.set_up_buckets, as in
         # production; a write to a bucket that does not exist must fail as it does on MinIO.
