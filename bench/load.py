@@ -44,7 +44,6 @@ from bench.fair_flows import (
 )
 from bench.fair_storage import empty_bucket, vacuum
 from bench.meters import Meters
-from bench.peers import postgres_pid
 from shared.platform.storage import create_s3_client
 
 MIB = 1024 * 1024
@@ -170,8 +169,7 @@ def measure(stack: LocalStack, *, users: int, size_mb: int, rounds: int, spread_
     gate = threading.BoundedSemaphore(IN_FLIGHT_PUTS)
     sides = {"dropgate": lambda i, t: through_dropgate(presign, tokens[i], size, t, gate),
              "raw": lambda i, t: straight_to_storage(s3, storage, size, part_size, t, gate)}
-    meters = Meters(stack, {"presign": stack.children["presign-bench"].pid,
-                            "seaweedfs": stack.children["seaweedfs"].pid, **_postgres(stack)})
+    meters = Meters.of(stack, {"presign": stack.children["presign-bench"].pid})
     unit = sizing.measure_control(meters, lambda: sides["dropgate"](0, Timings()), lambda: sides["raw"](0, Timings()),
                                   size_mb=size / 1e6, calls_per_upload=2 + -(-size // part_size), rounds=rounds)
 
@@ -197,10 +195,6 @@ def measure(stack: LocalStack, *, users: int, size_mb: int, rounds: int, spread_
                 "at_once_mb_s": {side: [run["mb_s"] for run in runs] for side, runs in at_once.items()}}
     return rows, evidence
 
-
-def _postgres(stack: LocalStack) -> dict[str, int]:
-    pid = postgres_pid(stack)
-    return {"postgres": pid} if pid else {}
 
 
 # -- the rows ---------------------------------------------------------------------------------------

@@ -143,20 +143,18 @@ def plan(control: Mapping[str, Any], pipeline: Mapping[str, Any], shipped: Shipp
     rate = users / session_s  # uploads finished per second, by Little's law
     ours, flow = control["dropgate"], pipeline
 
-    def replicas(service: str, cpu_per_upload: float) -> dict[str, Any]:
+    def replicas(service: str, cpu_per_upload: float, at_least: int = 1) -> dict[str, Any]:
         needed = rate * cpu_per_upload / TARGET_UTILISATION
-        count = max(1, math.ceil(needed / shipped.cpu[service]))
+        count = max(at_least, math.ceil(needed / shipped.cpu[service]))
         return {"cores": round(needed, 2), "replicas": count, "shipped_max_scale": shipped.max_scale[service],
                 "enough_as_shipped": count <= shipped.max_scale[service]}
 
-    pieces = {"presign": replicas(CONTROL, ours["cpu_s"]["presign"])}
-    for name, service in PIPELINE_SERVICES.items():
-        pieces[name] = replicas(service, flow["cpu_s"].get(name, 0.0))
     # A scan holds one request slot and one clamd thread from the event to the verdict.
     scans_at_once = rate * flow["verdict_s"]
-    scan = pieces["scan"]
-    scan["replicas"] = max(scan["replicas"], math.ceil(scans_at_once / shipped.concurrency[PIPELINE_SERVICES["scan"]]))
-    scan["enough_as_shipped"] = scan["replicas"] <= scan["shipped_max_scale"]
+    at_least = {"scan": math.ceil(scans_at_once / shipped.concurrency[PIPELINE_SERVICES["scan"]])}
+    pieces = {"presign": replicas(CONTROL, ours["cpu_s"]["presign"])}
+    for name, service in PIPELINE_SERVICES.items():
+        pieces[name] = replicas(service, flow["cpu_s"].get(name, 0.0), max(1, at_least.get(name, 1)))
     clamd_cores = rate * flow["cpu_s"].get("clamd", 0.0) / TARGET_UTILISATION
     clamd = {"cores": round(clamd_cores, 2), "threads_busy": round(scans_at_once, 1),
              "replicas": max(1, math.ceil(clamd_cores / shipped.clamd_cpu),
