@@ -1,8 +1,8 @@
 """`python -m bench.readme [bench/results/<date>.json]`: the README's performance table, regenerated from a run.
 
 The block between README_BEGIN and README_END in README.md is written from one results file (by
-default the newest full run in bench/results/, else the newest quick run): every row that has a
-target, and the sizing table. tests/test_bench_report.py fails when the README and the newest
+default the newest full run in bench/results/, else the newest quick run): its chart (bench/chart.py,
+the .svg beside the results), every row that has a target, and the sizing table. tests/test_bench_report.py fails when the README and the newest
 results disagree, so the figures people read are always the ones a run printed.
 """
 
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench import sizing, stats
+from bench import chart, sizing, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -36,7 +36,9 @@ def block(report: dict, source: Path) -> str:
     run = (f"From `{source.relative_to(ROOT)}`: `{report.get('command', 'make bench')}`, {report['seconds']} s, "
            f"{settings['users']} users × {settings['size_mb']} MB, {settings['rounds']} rounds"
            f"{' (quick)' if settings['quick'] else ''}; {report['machine']}.")
+    picture = chart.chart_path(source).relative_to(ROOT)
     lines = [README_BEGIN, "", run, "",
+             f"![{chart.title(report)}: ratios against the baselines, targets met or not]({picture})", "",
              "| measurement | dropgate | baseline (same run) | ratio | target | met |",
              "| --- | --- | --- | --- | --- | --- |"]
     for item in report["rows"]:

@@ -6,7 +6,8 @@ figures are summarised). Every baseline does the same work as dropgate's path (i
 same checksums and fresh bytes on the data plane, bytes clamd has not seen for the scans, a
 versioned bucket for expiry, every function for cold starts. Results go to
 bench/results/latest.json and bench/results/latest.md with the machine, the versions and the
-command, and to a dated copy that is kept; the README's table is regenerated from the newest kept
+command, with a chart of the ratios and targets beside them (latest.svg, bench/chart.py), and to a
+dated copy that is kept; the README's table is regenerated from the newest kept
 run (bench/readme.py). The report ends with the sizing model (bench/sizing.py, docs/sizing.md),
 built from costs this run measured. `--quick` makes a run of about five minutes with fewer rounds
 and smaller sizes, and says so.
@@ -28,6 +29,7 @@ from typing import TypeVar
 from dropgate_local.stack import LocalStack, StackPorts
 
 from bench import (
+    chart,
     coldstart,
     expiry,
     fair_report,
@@ -150,8 +152,9 @@ def _peer(name: str, work: Callable[[], list[dict]]) -> list[dict]:
 
 
 def write(report: dict) -> None:
-    """latest.{json,md} (ignored by git), a dated copy to keep: bench/results/<date>[-quick].{json,md}, and the
-    README's table regenerated from the newest kept full run (a quick run's only while no full run is kept)."""
+    """latest.{json,md,svg} (ignored by git), a dated copy to keep: bench/results/<date>[-quick].{json,md,svg}
+    (the .svg is the chart of bench/chart.py), and the README's table and chart regenerated from the newest kept
+    full run (a quick run's only while no full run is kept)."""
     table = fair_report.markdown(report)
     print(table)
     RESULTS.mkdir(exist_ok=True)
@@ -159,6 +162,7 @@ def write(report: dict) -> None:
     for name in ("latest", dated):
         (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (RESULTS / f"{name}.md").write_text(table)
+        chart.write(report, RESULTS / f"{name}.svg")  # the same rows as a picture (bench/chart.py)
     readme.main([])
 
 

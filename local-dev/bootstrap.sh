@@ -10,6 +10,9 @@ cd "$root"
 apt_packages=(clamav-daemon clamav clamav-testfiles ca-certificates)
 # zip: the verdict-safety tests build a password-protected archive with the real tool.
 apt_packages+=(zip)
+# prometheus: promtool checks and unit-tests the shipped alert rules, and the server itself scrapes a test
+# stack (tests/test_monitoring.py, on ports of their own; the package's system service is not used).
+apt_packages+=(prometheus)
 # The uploader page (local-dev/web) is bundled with Node.js; its end-to-end tests drive Debian's Chromium.
 apt_packages+=(chromium fonts-liberation)
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
@@ -53,16 +56,18 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; 
   echo "$wanted" > "$stamp"
 fi
 
-# The uploader page: npm ci when its lockfile changed, the bundle when its sources changed.
-web="local-dev/web"
-web_stamp="$web/node_modules/.dropgate-installed"
-web_wanted="$(sha256sum "$web/package-lock.json" | cut -d' ' -f1)"
-if [ "$(cat "$web_stamp" 2>/dev/null)" != "$web_wanted" ]; then
-  echo "bootstrap: installing the uploader page's npm packages"
-  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
-  echo "$web_wanted" > "$web_stamp"
-  rm -f "$web/dist/.built"
-fi
-if [ ! -f "$web/dist/.built" ] || [ -n "$(find "$web/src" "$web/build.mjs" "$web_stamp" -newer "$web/dist/.built" -print -quit)" ]; then
-  (cd "$web" && npm run --silent build)
-fi
+# The uploader page (Uppy 6) and the Uppy 5 compatibility page: npm ci when a lockfile changed, the
+# bundle when its sources changed.
+for web in local-dev/web local-dev/web-uppy5; do
+  web_stamp="$web/node_modules/.dropgate-installed"
+  web_wanted="$(sha256sum "$web/package-lock.json" | cut -d' ' -f1)"
+  if [ "$(cat "$web_stamp" 2>/dev/null)" != "$web_wanted" ]; then
+    echo "bootstrap: installing the npm packages of $web"
+    (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$web_wanted" > "$web_stamp"
+    rm -f "$web/dist/.built"
+  fi
+  if [ ! -f "$web/dist/.built" ] || [ -n "$(find "$web/src" "$web/build.mjs" local-dev/web/bundle.mjs "$web_stamp" -newer "$web/dist/.built" -print -quit)" ]; then
+    (cd "$web" && npm run --silent build)
+  fi
+done

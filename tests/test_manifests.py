@@ -12,6 +12,7 @@ import contextlib
 import copy
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -278,7 +279,8 @@ def test_knative_objects_match_their_crd_schemas(name: str) -> None:
 @pytest.mark.parametrize("name", RENDERS)
 def test_core_objects_validate_with_kubernetes_validate(name: str) -> None:
     assert KUBERNETES_VERSION in kubernetes_validate.utils.all_versions()
-    core = [d for d in render(name) if not is_knative(d)]
+    # The prometheus-operator's kinds are validated against their CRDs in tests/test_monitoring.py.
+    core = [d for d in render(name) if not is_knative(d) and group_of(d) != "monitoring.coreos.com"]
     assert {d["kind"] for d in core} >= {"Namespace", "ConfigMap", "Deployment", "Service", "Job"}
     errors = []
     for doc in core:
@@ -553,7 +555,7 @@ def test_routing_follows_the_events_contract(name: str) -> None:
         assert subscribers(s3(event, uploads)) == {"dropgate-metadata"}
     assert subscribers(s3("ObjectCreated:Put", "not-ours")) == set()
     # Each PingSource wakes its own function: the reconcile pass and the retention pass never get each other's ping.
-    assert {p.name for p in table.pings} == {"dropgate-expire", "dropgate-reconcile"}
+    assert {p.name for p in table.pings} == {"dropgate-expire", "dropgate-reconcile", "dropgate-webhooks"}
     for ping in table.pings:
         assert subscribers({"specversion": "1.0", "id": "p", "type": PING_EVENT_TYPE, "source": ping.event_source}) \
             == {ping.name}
@@ -794,3 +796,32 @@ def test_the_storage_probe_expects_what_the_minio_set_up_configures_and_may_read
     # What storage_probe reads of a bucket (GetObjectLockConfiguration, GetBucketVersioning,
     # GetBucketNotificationConfiguration), in MinIO's policy action names.
     assert {"s3:GetBucketObjectLockConfiguration", "s3:GetBucketVersioning", "s3:GetBucketNotification"} <= granted
+
+
+def test_the_same_origin_component_puts_presign_under_the_apps_origin(tmp_path: Path) -> None:
+    """Uppy's Companion mode needs presign on the page's origin (docs/uploader.md): the optional component,
+    added to the prod overlay as a user would, routes `/dropgate/*` to presign's Knative Service, the path
+    the local stack's web server proxies too."""
+    from dropgate_local.webserver import COMPANION_PATH
+
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        # kustomize takes other kustomizations by relative path only
+        "resources": [os.path.relpath(REPO / "manifests" / "overlays" / "prod", tmp_path)],
+        "components": [os.path.relpath(REPO / "manifests" / "components" / "same-origin", tmp_path)]}))
+    done = subprocess.run([kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    [ingress] = [doc for doc in docs if doc["kind"] == "Ingress"]
+    kubernetes_validate.validate(ingress, KUBERNETES_VERSION, strict=True)
+    [presign] = [doc for doc in docs if is_knative(doc) and doc["kind"] == "Service"
+                 and doc["metadata"]["name"].endswith("presign")]
+    name, namespace = presign["metadata"]["name"], presign["metadata"]["namespace"]
+    assert ingress["metadata"]["namespace"] == namespace
+    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["backend"]["service"]["name"] == name
+    assert path["path"].startswith(f"{COMPANION_PATH}(")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/upstream-vhost"] == f"{name}.{namespace}.svc.cluster.local"
+    assert annotations["nginx.ingress.kubernetes.io/rewrite-target"] == "/$2"

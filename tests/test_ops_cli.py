@@ -1,4 +1,6 @@
-"""The operator commands of `dropgate-dev` (local-dev/ops.py) against the real local stack."""
+"""The operator commands of `dropgate-dev` (local-dev/ops.py) against the real local stack: each in its
+default form (a table, read back by its columns) and with --json (the shape scripts rely on), with
+progress on stderr for the long ones."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import json
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -18,19 +20,20 @@ from events.types import ObjectCreated
 from shared.platform.delivery import EventSink
 from shared.platform.storage import create_s3_client, ensure_bucket
 from tests.conftest import EICAR
+from tests.test_output import parse_table
 from tests.test_pipeline import FINAL, dev_token, router_events, upload, wait_for_status  # noqa: F401 - fixture
 from tests.test_presign import payload
 
 STEPS = ("upload.created", "upload.completed", "storage.object_recorded", "scan.verdict")
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def wait_until(condition, timeout: float = 120, what: str = "condition"):  # noqa: ANN001, ANN201
+def wait_until(condition, timeout: float = 120, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while not (found := condition()):
         if time.monotonic() > deadline:
@@ -57,8 +60,11 @@ def clean_upload(running_functions, dev_token, database_url) -> dict:  # noqa: F
 def test_history_shows_every_step_of_a_real_upload(clean_upload, stack, capsys) -> None:
     code, out, _ = run_cli(capsys, "--data-dir", stack.data_dir, "history", clean_upload["id"])
     assert code == 0
-    for step in STEPS:
-        assert step in out, f"history lacks {step}:\n{out}"
+    trail = parse_table(out.split("audit trail:\n", 1)[1])  # the audit trail is a table, in order
+    actions = [row["action"] for row in trail]
+    assert set(STEPS) <= set(actions) and [a for a in actions if a in STEPS][:2] == ["upload.created",
+                                                                                     "upload.completed"]
+    assert all(row["trace"] != "-" for row in trail if row["action"] in STEPS)
     assert "status clean" in out and "verdict clean" in out
     assert f"{clean_upload['key']}: present" in out and "encryption AES256" in out  # storage, now
     assert "'dropgate-verdict': 'clean'" in out  # the scan's tag on the object
@@ -149,9 +155,16 @@ def test_a_dead_lettered_event_replayed_by_the_cli_reaches_its_function(stack, r
 
         metadata = stack.start_function("metadata", port=metadata_port, label="metadata-replay")
         code, out, err = run_cli(capsys, "--data-dir", tmp_path, "replay-dead-letters", "--file", dead_letters,
+                                 "--broker", broker, "--dry-run", "--json")
+        assert code == 0, err
+        assert [(r["id"], r["outcome"]) for r in json.loads(out)] == [(event["id"], "kept")]
+        assert event["id"].encode() in dead_letters.read_bytes()  # a dry run leaves the file as it was
+
+        code, out, err = run_cli(capsys, "--data-dir", tmp_path, "replay-dead-letters", "--file", dead_letters,
                                  "--broker", broker)
         assert code == 0, err
-        assert f"replayed   {event['id']}" in out
+        assert parse_table(out) == [{"outcome": "replayed", "id": event["id"], "type": event["type"], "detail": "-"}]
+        assert err.splitlines()[-1].startswith("replay-dead-letters: 1/1 (100%)")  # progress, on stderr
         assert dead_letters.read_bytes().strip() == b""
         assert event["id"] in (tmp_path / "dead-letter.jsonl.replayed").read_text()
 
@@ -173,7 +186,7 @@ def test_a_dead_lettered_event_replayed_by_the_cli_reaches_its_function(stack, r
 
 
 def router_events_at(port: int) -> list[dict]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/events?limit=500", timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/events?limit=500", timeout=10) as response:
         return json.loads(response.read())["events"]
 
 
@@ -184,3 +197,104 @@ def test_expire_now_fires_the_pingsource_and_expire_runs(stack, running_function
     assert result["via"] == "local router"
     assert [(d["trigger"], d["outcome"]) for d in result["deliveries"]] == [("dropgate-expire-ping", "delivered")]
     assert result["deliveries"][0]["attempts"][-1]["status"] == 200
+
+
+def test_rescan_of_many_shows_progress_and_an_outcome_per_file(running_functions, dev_token, stack,  # noqa: F811
+                                                               database_url, capsys) -> None:
+    """--all-clean takes every clean upload the filters choose; one that may not be rescanned is that
+    file's outcome, not the batch's end."""
+    owner = f"ops-bulk-{uuid.uuid4().hex[:8]}"
+    presign, token = running_functions["presign"], dev_token(owner)
+    files = [upload(presign, token, b"%PDF-1.7\n" + payload(64 * 1024, seed=90 + i), "application/pdf", f"b{i}.pdf")
+             for i in range(2)]
+    for record in files:
+        assert wait_for_status(presign, token, record["id"], FINAL)["status"] == "clean"
+    infected = upload(presign, token, EICAR, "text/plain", "bulk-eicar.txt")
+    assert wait_for_status(presign, token, infected["id"], FINAL)["status"] == "infected"
+    ids = sorted(record["id"] for record in files)
+
+    code, out, err = run_cli(capsys, "--data-dir", stack.data_dir, "rescan", "--all-clean", "--owner", owner,
+                             "--operator", "dana", "--reason", "bulk check")
+    assert code == 0, err
+    rows = parse_table(out)
+    assert sorted(row["upload_id"] for row in rows) == ids  # the clean ones only: not the infected file
+    assert {(row["outcome"], row["previous_status"]) for row in rows} == {("rescanned", "clean")}
+    assert err.splitlines()[-1].startswith("rescan: 2/2 (100%)") and "rescan:" not in out
+    for upload_id in ids:
+        assert wait_for_status(presign, token, upload_id, FINAL)["status"] == "clean"
+        assert audit_actions(database_url, upload_id).count("upload.rescan_requested") == 1
+        assert audit_actions(database_url, upload_id).count("scan.verdict") == 2  # the scan decided again
+
+    code, out, err = run_cli(capsys, "--data-dir", stack.data_dir, "rescan", ids[0], infected["id"], "--json")
+    assert code == 1  # not every file was rescanned
+    results = {r["upload_id"]: r for r in json.loads(out)}
+    assert results[ids[0]]["outcome"] == "rescanned" and results[ids[0]]["rescan_id"]
+    assert results[infected["id"]]["outcome"] == "refused" and "quarantine" in results[infected["id"]]["detail"]
+    assert call_status(presign, token, infected["id"]) == "infected"
+    assert wait_for_status(presign, token, ids[0], FINAL)["status"] == "clean"
+
+    code, _, err = run_cli(capsys, "--data-dir", stack.data_dir, "rescan", ids[0], "--since", "2026-01-01")
+    assert code == 2 and "--all-clean" in err
+
+
+def test_expire_dry_run_lists_what_the_pass_would_delete_and_deletes_nothing(clean_upload, stack, database_url,
+                                                                            capsys) -> None:
+    """The dry run asks the expire pass's own selection; `--at` shows what a later pass would take."""
+    upload_id, key = clean_upload["id"], clean_upload["key"]
+    storage = stack.storage_settings()
+    s3 = create_s3_client(storage)
+    orphan = f"ops-dry-run/{uuid.uuid4()}"  # in the uploads bucket, owned by no upload
+    s3.put_object(Bucket=storage.uploads_bucket, Key=orphan, Body=b"left behind")
+    with psycopg.connect(database_url) as conn:
+        expires_at = conn.execute("SELECT expires_at FROM uploads WHERE id = %s", (upload_id,)).fetchone()[0]
+    audit_before = audit_actions(database_url, upload_id)
+    try:
+        code, out, err = run_cli(capsys, "--data-dir", stack.data_dir, "expire-now", "--dry-run", "--json")
+        assert code == 0, err
+        now = json.loads(out)
+        assert upload_id not in {u["upload_id"] for u in now["uploads"]}  # not due yet
+        assert orphan not in {o["key"] for o in now["orphans"]}  # younger than the orphan grace period
+        assert err.splitlines()[-1].startswith("expire dry run: 4/4 (100%)")
+
+        later = (expires_at + timedelta(minutes=1)).isoformat()
+        code, out, err = run_cli(capsys, "--data-dir", stack.data_dir, "expire-now", "--dry-run", "--at", later)
+        assert code == 0, err
+        assert out.startswith(f"expire pass at {later} (dry run: nothing was changed)")
+        rows = {row["key"]: row for row in parse_table(out)}
+        assert (rows[key]["action"], rows[key]["upload_id"], rows[key]["status"]) == ("expire", upload_id, "clean")
+        assert rows[key]["buckets"] == storage.uploads_bucket and rows[key]["reason"] == "retention passed"
+        assert (rows[orphan]["action"], rows[orphan]["buckets"]) == ("delete orphan", storage.uploads_bucket)
+
+        code, out, _ = run_cli(capsys, "--data-dir", stack.data_dir, "expire-now", "--dry-run", "--at", later,
+                               "--json")
+        mine = [u for u in json.loads(out)["uploads"] if u["upload_id"] == upload_id]
+        assert [(u["outcome"], u["buckets"]) for u in mine] == [("expired", [storage.uploads_bucket])]
+    finally:
+        s3.delete_object(Bucket=storage.uploads_bucket, Key=orphan)
+    # Nothing was changed: the row, its object, its audit trail.
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT status FROM uploads WHERE id = %s", (upload_id,)).fetchone()[0] == "clean"
+    assert s3.head_object(Bucket=storage.uploads_bucket, Key=key)["ContentLength"] > 0
+    assert audit_actions(database_url, upload_id) == audit_before
+
+    code, _, err = run_cli(capsys, "--data-dir", stack.data_dir, "expire-now", "--at", later)
+    assert code == 2 and "--dry-run" in err  # a real pass runs now, never "at"
+
+
+def test_blocklist_prints_a_table_and_key_values_and_json(stack, running_functions, capsys) -> None:
+    sha256 = uuid.uuid4().hex * 2  # a hash no stored file has: nothing is quarantined
+    code, out, err = run_cli(capsys, "--data-dir", stack.data_dir, "blocklist", "add", sha256, "--reason",
+                             "ops cli test", "--operator", "erin")
+    assert code == 0, err
+    assert out.splitlines() == [f"sha256       {sha256}", "added        yes", "quarantined  []"]
+    try:
+        code, out, _ = run_cli(capsys, "--data-dir", stack.data_dir, "blocklist", "list")
+        listed = {row["sha256"]: row for row in parse_table(out)}
+        assert (listed[sha256]["added_by"], listed[sha256]["reason"]) == ("operator:erin", "ops cli test")
+        code, out, _ = run_cli(capsys, "--data-dir", stack.data_dir, "blocklist", "list", "--json")
+        assert sha256 in {entry["sha256"] for entry in json.loads(out)}
+    finally:
+        code, out, _ = run_cli(capsys, "--data-dir", stack.data_dir, "blocklist", "remove", sha256, "--json")
+    assert code == 0 and json.loads(out) == {"sha256": sha256, "removed": True}
+    code, out, _ = run_cli(capsys, "--data-dir", stack.data_dir, "blocklist", "list", "--json")
+    assert sha256 not in {entry["sha256"] for entry in json.loads(out)}

@@ -265,8 +265,10 @@ def test_dev_overlay_routes_the_events_contract(dev_table: RoutingTable) -> None
         == {"dropgate-reconcile"}
     assert subscribers({**ping, "source": "/apis/v1/namespaces/dropgate/pingsources/other"}) == set()
     verdict = {"specversion": "1.0", "id": "v", "type": "dev.dropgate.scan.clean", "source": "dropgate/scan"}
-    assert subscribers(verdict) == set()
-    assert [p.name for p in dev_table.pings] == ["dropgate-expire", "dropgate-reconcile"]
+    assert subscribers(verdict) == {"dropgate-webhooks"}  # public events go out as signed webhooks only
+    assert subscribers({**ping, "source": "/apis/v1/namespaces/dropgate/pingsources/dropgate-webhooks"}) \
+        == {"dropgate-webhooks"}
+    assert [p.name for p in dev_table.pings] == ["dropgate-expire", "dropgate-reconcile", "dropgate-webhooks"]
     assert all(r.delivery and r.delivery.dead_letter for r in dev_table.routes)
 
 
@@ -326,7 +328,7 @@ def _answer(*statuses: int, body: bytes = b"") -> Plan:
 @pytest.fixture(scope="module")
 def subscribers() -> Iterator[dict[str, tuple[Subscriber, WSGIServer]]]:
     servers = {}
-    for name in ("dropgate-scan", "dropgate-metadata", "dropgate-expire", "dropgate-dead-letter"):
+    for name in ("dropgate-scan", "dropgate-metadata", "dropgate-expire", "dropgate-webhooks", "dropgate-dead-letter"):
         app = Subscriber(name)
         server = WSGIServer(application=app, threaded=True)  # a retry must not queue behind a slow attempt
         server.start()
@@ -430,7 +432,8 @@ def _dead_letters(path: Path) -> list[dict]:
 def test_health_and_routes(router) -> None:
     health = _get(f"{router['url']}/healthz")
     assert health["status"] == "ok" and health["brokers"] == ["dropgate"]
-    assert health["triggers"] == 14 and health["pingsources"] == ["dropgate-expire", "dropgate-reconcile"]
+    assert health["triggers"] == 24 and health["pingsources"] == ["dropgate-expire", "dropgate-reconcile",
+                                                                  "dropgate-webhooks"]
     routes = {r["name"]: r for r in _get(f"{router['url']}/routes")["triggers"]}
     assert routes["dropgate-scan-put"]["url"] == router["services"]["dropgate-scan"]
     assert routes["dropgate-scan-put"]["backoff"] == pytest.approx([0.2, 0.4, 0.8])
@@ -475,7 +478,7 @@ def test_event_reaches_exactly_the_matching_subscribers(router) -> None:
     assert got(multipart) == {"dropgate-scan": 1, "dropgate-metadata": 1}
     assert got(removed) == {"dropgate-metadata": 1}
     assert got(foreign) == {} and _record(url, foreign)["deliveries"] == []
-    assert got(verdict) == {}
+    assert got(verdict) == {"dropgate-webhooks": 1}  # public events: only the webhooks function
 
     (delivered,) = apps["dropgate-scan"].received(multipart)
     headers = delivered["headers"]

@@ -19,6 +19,7 @@ EXPECTED_CHECKS = {
     "metadata": {"storage", "database"},
     "expire": {"database", "storage"},
     "reconcile": {"database", "storage"},
+    "webhooks": {"database"},  # its receivers are checked per delivery (SSRF), not at readiness
 }
 
 

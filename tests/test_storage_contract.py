@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import urllib3
 from botocore.exceptions import ClientError
 
 from dropgate_local.processes import ChildProcess, free_port, http_ok
@@ -34,6 +35,7 @@ from shared.platform.storage import (
     set_lifecycle_rules,
     set_up_buckets,
     sse_arguments,
+    sse_headers,
 )
 from shared.platform.storage_probe import Capability, StorageCheck, _put, probe_storage
 
@@ -131,6 +133,40 @@ def test_presigned_multipart_upload_completes_byte_identical(backend) -> None:
     assert stored["ETag"].strip('"').endswith("-2"), "a multipart ETag names its part count"
 
 
+def _post_form(policy, data: bytes) -> tuple[int, bytes]:
+    """A browser's POST of an S3 policy form (what @uppy/aws-s3 6 sends for a `{url, fields}` answer:
+    src/s3-client/utils.ts buildPostPolicyForm, the fields in order and the file last)."""
+    body, content_type = urllib3.encode_multipart_formdata([*policy.fields.items(), ("file", ("f.bin", data))])
+    response = urllib3.request("POST", policy.url, body=body, headers={"Content-Type": content_type}, retries=False)
+    return response.status, response.data
+
+
+def test_a_post_policy_stores_exactly_the_declared_length_at_the_fixed_key(backend) -> None:
+    """The POST path of Uppy's companion mode (`GET /s3/params`): the policy's exact content-length-range
+    and fixed key are what storage enforces (AWS "Creating a POST Policy"). moto checks no signature and no
+    condition, which the storage probe reports (it lacks `length-bound`), so only SeaweedFS is held to it."""
+    name, settings = backend
+    s3, key, bucket = create_s3_client(settings), f"contract/{uuid.uuid4()}", settings.uploads_bucket
+    data = os.urandom(64 * 1024)
+    fields = {"Content-Type": "application/pdf", "x-amz-meta-upload-id": "x", **sse_headers(settings)}
+    policy = _signer(settings).post_policy(bucket, key, size=len(data), fields=fields, expires_in=300)
+    if name == "seaweedfs":
+        status, body = _post_form(policy, data + b"x")
+        assert status == 400 and b"EntityTooLarge" in body, body
+        status, body = _post_form(policy, data[:-1])
+        assert status == 400 and b"EntityTooSmall" in body, body
+        tampered = dataclasses.replace(policy, fields={**policy.fields, "key": f"{key}-elsewhere"})
+        status, body = _post_form(tampered, data)
+        assert status == 403, body
+        with pytest.raises(ClientError):
+            s3.head_object(Bucket=bucket, Key=f"{key}-elsewhere")
+    status, body = _post_form(policy, data)
+    assert status in (200, 201, 204), body
+    stored = s3.get_object(Bucket=bucket, Key=key)
+    assert stored["Body"].read() == data
+    assert stored["ContentType"] == "application/pdf" and stored["Metadata"] == {"upload-id": "x"}
+
+
 def test_an_aborted_multipart_upload_is_gone(backend) -> None:
     _, settings = backend
     s3, key = create_s3_client(settings), f"contract/{uuid.uuid4()}"
@@ -221,7 +257,7 @@ def test_the_probe_names_what_a_bucket_was_not_configured_with(moto) -> None:
     assert f"{plain.quarantine_bucket}: no notification of object creation or removal" in \
         result.details[Capability.NOTIFICATIONS]
     accepting = dataclasses.replace(expecting, accept_missing=frozenset({"signature", "signed-length",
-                                                                          "part-checksum"}))
+                                                                          "part-checksum", "post-policy-length"}))
     with pytest.raises(NotReady) as refused:
         StorageCheck(lambda: s3, accepting)()
     reason = str(refused.value)
@@ -237,11 +273,15 @@ def test_a_server_that_lacks_a_guarantee_is_refused_unless_it_is_accepted(moto) 
         StorageCheck(lambda: s3, moto)()
     reason = str(refused.value)
     assert "part-checksum (a part URL signed with a SHA-256 uploads exactly those bytes)" in reason
-    assert "DROPGATE_STORAGE_ACCEPT_MISSING=part-checksum,signature,signed-length" in reason
-    weaker = dataclasses.replace(moto, accept_missing=frozenset({"signature", "signed-length", "part-checksum"}))
+    assert "post-policy-length (a POST policy (Uppy's Companion mode) uploads exactly the declared number of " \
+        "bytes)" in reason
+    assert "DROPGATE_STORAGE_ACCEPT_MISSING=part-checksum,post-policy-length,signature,signed-length" in reason
+    weaker = dataclasses.replace(moto, accept_missing=frozenset({"signature", "signed-length", "part-checksum",
+                                                                 "post-policy-length"}))
     note = StorageCheck(lambda: s3, weaker)()
-    assert note == "weaker guarantees accepted: part-checksum, signature, signed-length not enforced"
-    partly = dataclasses.replace(moto, accept_missing=frozenset({"signature", "signed-length"}))
+    assert note == ("weaker guarantees accepted: part-checksum, post-policy-length, signature, signed-length "
+                    "not enforced")
+    partly = dataclasses.replace(moto, accept_missing=frozenset({"signature", "signed-length", "post-policy-length"}))
     with pytest.raises(NotReady, match="part-checksum"):
         StorageCheck(lambda: s3, partly)()
 
@@ -279,8 +319,9 @@ def test_the_probe_as_a_deploy_step_passes_a_server_that_enforces_everything(unw
 def test_the_probe_as_a_deploy_step_fails_a_server_that_lacks_a_guarantee(moto) -> None:
     done = _probe_command(moto)
     assert done.returncode == 1
-    assert json.loads(done.stdout)["refused"] == ["part-checksum", "signature", "signed-length"]
+    lacking = ["part-checksum", "post-policy-length", "signature", "signed-length"]
+    assert json.loads(done.stdout)["refused"] == lacking
     assert "storage does not enforce part-checksum" in done.stderr
-    accepted = _probe_command(moto, DROPGATE_STORAGE_ACCEPT_MISSING="part-checksum,signature,signed-length")
+    accepted = _probe_command(moto, DROPGATE_STORAGE_ACCEPT_MISSING=",".join(lacking))
     assert accepted.returncode == 0, accepted.stderr
-    assert json.loads(accepted.stdout)["accepted"] == ["part-checksum", "signature", "signed-length"]
+    assert json.loads(accepted.stdout)["accepted"] == lacking

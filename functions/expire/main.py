@@ -10,7 +10,7 @@ sink being down answers 503, and the broker's redelivery runs a pass that resume
 Run: functions-framework --source functions/expire/main.py --target handle
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import functions_framework
 
@@ -25,12 +25,7 @@ TASK = "expire"  # the PingSource's data, {"task": "expire"}; a ping without dat
 instance = FunctionInstance("expire", ["storage", "database", "limits", "events", "retention", "event_auth",
                                        "observability"])
 settings = instance.settings
-bounds = RetentionBounds(
-    batch_size=settings.retention.batch_size, max_files=settings.retention.max_files,
-    stale_after=timedelta(seconds=settings.retention.stale_upload_seconds),
-    orphan_grace=timedelta(seconds=settings.retention.orphan_grace_seconds),
-    max_listed_objects=settings.retention.max_listed_objects,
-    time_budget=timedelta(seconds=settings.retention.time_budget_seconds))
+bounds = RetentionBounds.from_settings(settings.retention)
 
 
 def run_pass(event):

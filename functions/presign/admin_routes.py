@@ -1,4 +1,5 @@
-"""Admin routes (role `admin`): releases and the SHA-256 blocklist; every decision audited (shared/scanning/verdicts.py)."""
+"""Admin routes (role `admin`): releases and the SHA-256 blocklist; every decision audited (shared/scanning/verdicts.py).
+Webhook endpoints too (shared/webhooks/registry.py; docs/webhooks.md): a secret is shown once, when made."""
 
 import flask
 from presign_context import caller, instance, limit_argument, settings, verdict_admin
@@ -8,6 +9,7 @@ from shared.platform.auth import ROLE_ADMIN
 from shared.platform.delivery import EventSink
 from shared.platform.errors import NotFound
 from shared.platform.http import Route, json_response, read_json
+from shared.webhooks.registry import EndpointChange, EndpointRegistry
 
 
 def admin_caller(request: flask.Request) -> Actor:
@@ -46,9 +48,59 @@ def admin_unblock(request, sha256):
     return json_response(200, {"sha256": sha256, "removed": True})
 
 
+def webhook_registry() -> EndpointRegistry:
+    from datetime import timedelta
+
+    from shared.platform.egress import EgressPolicy
+
+    hooks = settings.webhooks
+    return instance.once("webhooks", lambda: EndpointRegistry(
+        instance.db, EgressPolicy(hooks.require_https, hooks.allowed_networks),
+        rotation_grace=timedelta(seconds=hooks.rotation_grace_seconds)))
+
+
+def admin_webhook_create(request):
+    actor = admin_caller(request)
+    endpoint, secret = webhook_registry().create(EndpointChange.from_json(read_json(request), creating=True), actor)
+    return json_response(201, {**endpoint.public(), "secret": secret}, {"Location": f"/admin/webhooks/{endpoint.id}"})
+
+
+def admin_webhook_list(request):
+    admin_caller(request)
+    return json_response(200, {"endpoints": [endpoint.public() for endpoint in webhook_registry().listed()]})
+
+
+def admin_webhook_get(request, endpoint_id):
+    admin_caller(request)
+    return json_response(200, webhook_registry().get(endpoint_id).public())
+
+
+def admin_webhook_update(request, endpoint_id):
+    actor = admin_caller(request)
+    change = EndpointChange.from_json(read_json(request), creating=False)
+    return json_response(200, webhook_registry().update(endpoint_id, change, actor).public())
+
+
+def admin_webhook_rotate(request, endpoint_id):
+    actor = admin_caller(request)
+    endpoint, secret = webhook_registry().rotate_secret(endpoint_id, actor)
+    return json_response(200, {**endpoint.public(), "secret": secret})
+
+
+def admin_webhook_delete(request, endpoint_id):
+    actor = admin_caller(request)
+    return json_response(200, {"id": str(webhook_registry().delete(endpoint_id, actor).id), "deleted": True})
+
+
 ROUTES = [
     Route("POST", "/admin/files/{file_id}/release", admin_release),
     Route("GET", "/admin/blocklist", admin_blocklist),
     Route("POST", "/admin/blocklist", admin_block),
     Route("DELETE", "/admin/blocklist/{sha256}", admin_unblock),
+    Route("POST", "/admin/webhooks", admin_webhook_create),
+    Route("GET", "/admin/webhooks", admin_webhook_list),
+    Route("GET", "/admin/webhooks/{endpoint_id}", admin_webhook_get),
+    Route("PATCH", "/admin/webhooks/{endpoint_id}", admin_webhook_update),
+    Route("DELETE", "/admin/webhooks/{endpoint_id}", admin_webhook_delete),
+    Route("POST", "/admin/webhooks/{endpoint_id}/rotate-secret", admin_webhook_rotate),
 ]

@@ -20,10 +20,11 @@ from shared.platform.lifecycle import FunctionInstance
 from shared.platform.sigv4 import PresignSigner
 from shared.scanning.content_policy import ContentPolicy
 from shared.scanning.verdicts import VerdictAdmin
+from shared.uploads.browser_s3 import BrowserS3
 from shared.uploads.service import UploadService
 
 instance = FunctionInstance("presign", ["storage", "database", "auth", "limits", "content", "events",
-                                        "observability"])
+                                        "observability", "webhooks"])
 settings = instance.settings
 content_policy = ContentPolicy.from_settings(settings.content)
 verifier = TokenVerifier(settings.auth)
@@ -42,6 +43,11 @@ def service() -> UploadService:
         content=content_policy, announce=announce_completion if settings.events.emit_on_complete else None))
 
 
+def browser_s3() -> BrowserS3:
+    return instance.once("browser_s3", lambda: BrowserS3(uploads=service(), signer=signer, storage=settings.storage,
+                                                          limits=settings.limits))
+
+
 def announce_completion(event) -> None:
     sink = instance.once("sink", lambda: EventSink.from_settings(settings.events, timeout=ANNOUNCE_TIMEOUT_SECONDS))
     sink.send(event.to_cloudevent())
@@ -52,15 +58,18 @@ def verdict_admin() -> VerdictAdmin:
                                                           event_source=f"{settings.events.source}/presign"))
 
 
-def caller(request: flask.Request, *, counted_by_route: bool = False) -> tuple[Principal, Actor]:
+def caller(request: flask.Request, *, counted_by_route: bool = False,
+           get_changes_state: bool = False) -> tuple[Principal, Actor]:
     """The verified user, counted against the rate limit, and how the audit log names them.
 
     `counted_by_route`: the route counts the request itself, in the statement that reads the upload
     (the part-URL routes: UploadService.sign_parts(count_request=True)), one round trip fewer.
+    `get_changes_state`: a GET that creates something (Companion's `/s3/params`) is held to the
+    same-origin rule of the token cookie like a POST.
     """
     cookie = request.cookies.get(TOKEN_COOKIE)
     if cookie and not request.headers.get("Authorization"):
-        require_same_origin_json(request, settings.storage.allowed_origins)
+        require_same_origin_json(request, settings.storage.allowed_origins, get_changes_state=get_changes_state)
     principal = verifier.principal_from_request(request.headers.get("Authorization"), cookie)
     if not counted_by_route:
         service().count_request(principal)

@@ -12,6 +12,8 @@ import uuid
 import functions_framework
 
 from events.types import ObjectCreated, ScanVerdict
+from shared.platform import vitals
+from shared.platform.dead_letters import dead_letters_source
 from shared.platform.http import CloudEventApp
 from shared.platform.lifecycle import FunctionInstance
 from shared.scanning.content_policy import ContentPolicy
@@ -21,11 +23,16 @@ from shared.scanning.service import (
     ObjectScanner,
     ScanResult,
 )
+from shared.uploads.vitals import uploads_source
 
 instance = FunctionInstance("scan", ["storage", "database", "clamd", "content", "events", "event_auth",
                                      "observability"])
 settings = instance.settings
 policy = ContentPolicy.from_settings(settings.content)
+# The deployment's vitals (backlog, clamd, dead letters) on scan's /metrics: the prod overlay keeps it warm.
+vitals.serve(vitals.VitalsCollector(
+    [uploads_source(lambda: instance.db), dead_letters_source(lambda: instance.db),
+     vitals.clamd_source(settings.clamd)], ttl=settings.observability.vitals_cache_seconds))
 
 
 def object_scanner() -> ObjectScanner:

@@ -1,29 +1,15 @@
-// Bundles the page into dist/: main.js (Uppy and the page, minified), main.css, index.html.
+// Bundles the page into dist/: main.js (Uppy and the page, minified), main.css, index.html, and
+// companion.html (the same page with @uppy/aws-s3 in Companion mode: docs/uploader.md).
 // Run by local-dev/bootstrap.sh after `npm ci`; `npm run build` by hand after editing src/.
-import { copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import * as esbuild from 'esbuild'
+import { bundle } from './bundle.mjs'
 
 const root = dirname(fileURLToPath(import.meta.url))
-const dist = join(root, 'dist')
-// Built aside, then swapped in, so a running web server never serves half a build.
-const next = join(root, 'dist.next')
-
-await rm(next, { recursive: true, force: true })
-await mkdir(next, { recursive: true })
-await esbuild.build({
-  entryPoints: [join(root, 'src', 'main.js')],
-  bundle: true,
-  format: 'esm',
-  target: ['es2022'],
-  minify: true,
-  sourcemap: true,
-  legalComments: 'linked',
-  outdir: next,
-  logLevel: 'warning',
-})
-await copyFile(join(root, 'src', 'index.html'), join(next, 'index.html'))
-await writeFile(join(next, '.built'), `${new Date().toISOString()}\n`)
-await rm(dist, { recursive: true, force: true })
-await rename(next, dist)
+const page = await readFile(join(root, 'src', 'index.html'), 'utf8')
+const companion = page
+  .replace('<body data-mode="sign-request">', '<body data-mode="companion">')
+  .replace('<title>dropgate — upload files</title>', '<title>dropgate — upload files (Uppy Companion mode)</title>')
+if (companion === page) throw new Error('index.html no longer has the marks companion.html is made from')
+await bundle(root, ['main.js'], { 'index.html': page, 'companion.html': companion }, { sourcemap: true })

@@ -16,6 +16,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 from shared.platform.settings import ClamdSettings
@@ -67,6 +68,29 @@ class ClamdReply:
     bytes_scanned: int = 0
 
 
+@dataclass(frozen=True)
+class Signatures:
+    """clamd's signature database as `VERSION` describes it.
+
+    clamd answers "ClamAV 1.4.6/27490/Tue Dec  1 09:21:02 2026" (docs/manual/Usage/Scanning.md,
+    "VERSION"): engine, daily database version, its build time (ctime format, clamd's local time,
+    UTC in its container); without a versioned database only "ClamAV 1.4.6", and both are None.
+    """
+
+    version: int | None
+    built_at: datetime | None
+
+    @classmethod
+    def from_version_reply(cls, reply: str) -> Signatures:
+        parts = reply.split("/")
+        version = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+        built_at = None
+        if len(parts) >= 3:
+            with contextlib.suppress(ValueError):  # an unreadable date is an unknown age, not a failure
+                built_at = datetime.strptime(" ".join(parts[2].split()), "%a %b %d %H:%M:%S %Y").replace(tzinfo=UTC)
+        return cls(version=version, built_at=built_at)
+
+
 class StreamingClamd:
     """A clamd client over TCP. Thread-safe: every call opens its own connection, so concurrent
     requests of one function instance never share a socket."""
@@ -91,16 +115,14 @@ class StreamingClamd:
             return _read_line(connection)
 
     def signature_version(self) -> int | None:
-        """The version of clamd's signature database (its daily database), from `VERSION`.
+        """The version of clamd's signature database (its daily database), from `VERSION`; None without one."""
+        return self.signatures().version
 
-        clamd answers "ClamAV 1.4.6/27490/Tue Dec  1 09:21:02 2026" (docs/manual/Usage/Scanning.md,
-        "VERSION"); without a versioned database it answers "ClamAV 1.4.6" and this is None.
-        """
+    def signatures(self) -> Signatures:
+        """What `VERSION` says of the signature database: its version and when it was built."""
         with self._connect() as connection:
             connection.sendall(b"nVERSION\n")
-            reply = _read_line(connection)
-        parts = reply.split("/")
-        return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+            return Signatures.from_version_reply(_read_line(connection))
 
     def reload(self) -> str:
         """Ask clamd to reload its signature database (it answers RELOADING and reloads in the background)."""

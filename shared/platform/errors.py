@@ -21,6 +21,12 @@ class BadRequest(ApiError, ValueError):
     status, error = 400, "bad_request"
 
 
+class SizeRequired(BadRequest):
+    """The client did not say how large the file is; presign signs that length into every upload URL."""
+
+    error = "size_required"
+
+
 class Unauthorized(ApiError):
     status, error = 401, "unauthorized"
 

@@ -20,9 +20,11 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 import flask
 import werkzeug.exceptions
@@ -88,12 +90,20 @@ def client_address(request: flask.Request, trusted_proxy_hops: int = 0) -> str |
     return address
 
 
-def require_same_origin_json(request: flask.Request, allowed_origins: tuple[str, ...]) -> None:
+def require_same_origin_json(request: flask.Request, allowed_origins: tuple[str, ...], *,
+                             get_changes_state: bool = False) -> None:
     """A browser sends the token cookie with any request to this site, even one a form on another
     page of the same site posts: a request that changes something must come from an allowed origin
     (`Origin`, which a page cannot forge) and, when it has a body, as JSON (which a form cannot send
-    without a CORS preflight). SameSite=Strict alone does not cover sibling subdomains."""
+    without a CORS preflight). SameSite=Strict alone does not cover sibling subdomains.
+
+    A same-origin GET carries no `Origin`; one that changes something (`get_changes_state`) must then
+    carry `Sec-Fetch-Site: same-origin`, which browsers set and no page can (Fetch Metadata, W3C)."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
+        if get_changes_state and request.headers.get("Sec-Fetch-Site") != "same-origin" and (
+                request.headers.get("Origin") not in allowed_origins):
+            raise Forbidden("a request authenticated by the token cookie that creates an upload must come from "
+                            "this site's own pages (Sec-Fetch-Site: same-origin)")
         return
     origin = request.headers.get("Origin")
     if origin is None or origin not in allowed_origins:
@@ -166,6 +176,17 @@ def health_response(checks: Mapping[str, HealthCheck]) -> flask.Response:
             log_event(logger, "health check failed", logging.WARNING, check=name,
                       error=f"{type(exc).__name__}: {exc}"[:500])
     return json_response(200 if healthy else 503, {"status": "ok" if healthy else "unavailable", "checks": results})
+
+
+def _undecoded_path(request: flask.Request) -> str:
+    """The path as the client sent it, so that a `%2F` inside a segment (an S3 UploadId may hold `/`) stays
+    inside it; segments are decoded after matching. WSGI's PATH_INFO is already decoded (PEP 3333); gunicorn
+    and werkzeug keep the request line's target in RAW_URI / REQUEST_URI."""
+    target = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not target:
+        return request.path
+    path = urlsplit(target).path
+    return path if unquote(path) == request.path else request.path  # behind a prefix-stripping mount: as decoded
 
 
 @dataclass(frozen=True)
@@ -290,6 +311,7 @@ class HttpApp:
     def _dispatch(self, request: flask.Request) -> flask.Response:
         template = "unmatched"
         response = None
+        started = time.perf_counter()
         try:
             route, params = self._match(request)
             template = route.template
@@ -306,6 +328,7 @@ class HttpApp:
         finally:
             metrics.HTTP_REQUESTS.labels(request.method, template,
                                          str(response.status_code) if response is not None else "500").inc()
+            metrics.HTTP_DURATION.labels(request.method, template).observe(time.perf_counter() - started)
 
     def _with_cors(self, request: flask.Request, response: flask.Response) -> flask.Response:
         origin = request.headers.get("Origin")
@@ -313,18 +336,20 @@ class HttpApp:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            # Uppy-Versions: Uppy's Companion client sends it (@uppy/companion-client RequestClient).
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Uppy-Versions"
             response.headers["Access-Control-Expose-Headers"] = "Retry-After, traceresponse"
             response.headers["Access-Control-Max-Age"] = "600"
         return response
 
     def _match(self, request: flask.Request) -> tuple[Route, dict[str, str]]:
         allowed: list[str] = []
+        path = _undecoded_path(request)
         for route, pattern in self._routes:
-            found = pattern.match(request.path)
+            found = pattern.match(path)
             if found:
                 if route.method == request.method:
-                    return route, found.groupdict()
+                    return route, {name: unquote(value) for name, value in found.groupdict().items()}
                 allowed.append(route.method)
         if allowed:
             raise MethodNotAllowed(f"{request.method} not allowed on {request.path}; use {', '.join(allowed)}",

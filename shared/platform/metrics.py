@@ -91,6 +91,34 @@ EVENTS_SENT: Final = Counter(
 HTTP_REQUESTS: Final = Counter(
     "dropgate_http_requests", "HTTP requests answered, by method, route template and status",
     ["method", "route", "status"])
+HTTP_DURATION: Final = Histogram(
+    "dropgate_http_request_duration_seconds", "Time to answer an HTTP request (routes only: not /metrics, "
+    "/healthz, /livez), by method and route template", ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+# -- vitals: facts of the whole deployment, read from the database and clamd when /metrics is scraped --
+# (shared/platform/vitals.py). Only scan serves them: the prod overlay keeps it warm (min-scale 1) and it
+# reaches both; a gauge in a function scaled to zero would vanish exactly when nobody looks at the backlog.
+# Each scan pod reports the same values, so dashboards and rules take max() over pods. name -> (type, help)
+VITALS: Final = {
+    "dropgate_uploads_in_flight": ("gauge", "Uploads created and not completed yet (parts being uploaded)"),
+    "dropgate_scan_backlog_uploads": ("gauge", "Completed uploads without a verdict yet (uploaded or scanning)"),
+    "dropgate_scan_backlog_oldest_seconds": (
+        "gauge", "Age of the oldest completed upload without a verdict, from its completion (0 when none waits)"),
+    "dropgate_expiry_overdue_uploads": (
+        "gauge", ("Live uploads past their expires_at that the retention pass has not retired yet (legal holds "
+                  "excluded)")),
+    "dropgate_reconcile_redriven_last_hour": (
+        "gauge", "Uploads the reconcile pass re-drove in the last hour: their storage notification was lost"),
+    "dropgate_dead_letters_recorded": (
+        "counter", "Events that exhausted their retries, as the dead-letter Job recorded them in the database"),
+    "dropgate_clamd_up": ("gauge", "1 when clamd answered VERSION, 0 when it did not"),
+    "dropgate_clamd_signature_version": ("gauge", "Version of clamd's daily signature database"),
+    "dropgate_clamd_signature_age_seconds": ("gauge", "Age of clamd's signature database, from its build time"),
+    "dropgate_vitals_up": (
+        "gauge", ("1 when the last read of a vitals source (label source: uploads, dead_letters, clamd) "
+                  "succeeded, 0 when it failed and its vitals are missing")),
+}
 
 for _outcome in ("expired", "abandoned", "object_missing"):
     EXPIRE_UPLOADS.labels(_outcome)

@@ -17,6 +17,7 @@ from typing import Final
 
 from shared.platform.env import EnvReader
 from shared.platform.settings_auth import AuthSettings, EventAuthSettings
+from shared.platform.settings_webhooks import WebhookSettings
 
 KIB: Final = 1024
 MIB: Final = 1024 * KIB
@@ -32,8 +33,8 @@ MAX_RETENTION_DAYS: Final = 30
 
 SSE_ALGORITHMS: Final = ("AES256", "aws:kms", "none")
 # What the storage probe checks (shared.platform.storage_probe.Capability, kept equal by a test there).
-STORAGE_CAPABILITIES: Final = frozenset({"signature", "signed-length", "part-checksum", "sse", "object-lock",
-                                         "notifications"})
+STORAGE_CAPABILITIES: Final = frozenset({"signature", "signed-length", "part-checksum", "post-policy-length", "sse",
+                                         "object-lock", "notifications"})
 # The capabilities a deployment configures rather than every server having: probed only where expected.
 CONFIGURED_CAPABILITIES: Final = frozenset({"object-lock", "notifications"})
 TRACES_EXPORTERS: Final = ("none", "console", "otlp")
@@ -341,6 +342,9 @@ class ObservabilitySettings:
     traces_exporter: str  # OTEL_TRACES_EXPORTER: none (default), console or otlp
     otlp_endpoint: str | None  # OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://otel-collector:4318
     metrics_token: str | None  # DROPGATE_METRICS_TOKEN: when set, GET /metrics needs it as a bearer token
+    # DROPGATE_VITALS_CACHE_SECONDS: how long scan reuses the database and clamd reads behind the vitals
+    # gauges, so several Prometheus replicas (or a reloaded dashboard) cost one read (shared/platform/vitals.py).
+    vitals_cache_seconds: int = 15
 
     @classmethod
     def read(cls, env: EnvReader) -> ObservabilitySettings:
@@ -351,6 +355,7 @@ class ObservabilitySettings:
             traces_exporter=exporter,
             otlp_endpoint=env.optional_url("OTEL_EXPORTER_OTLP_ENDPOINT"),
             metrics_token=env.optional_text("DROPGATE_METRICS_TOKEN"),
+            vitals_cache_seconds=env.integer("DROPGATE_VITALS_CACHE_SECONDS", 15, minimum=0, maximum=300),
         )
 
 
@@ -400,6 +405,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "retention": RetentionSettings,
     "reconcile": ReconcileSettings,
     "observability": ObservabilitySettings,
+    "webhooks": WebhookSettings,
 }
 
 
@@ -458,6 +464,10 @@ class Settings:
     @property
     def observability(self) -> ObservabilitySettings:
         return self._section("observability")
+
+    @property
+    def webhooks(self) -> WebhookSettings:
+        return self._section("webhooks")
 
     def has(self, name: str) -> bool:
         return name in self._sections

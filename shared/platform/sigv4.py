@@ -14,8 +14,10 @@ Version 4)". S3 object keys are not double-encoded in the canonical URI.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -30,6 +32,15 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 class PresignedUrl:
     url: str
     headers: dict[str, str]  # what the client must send with the request, exactly
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PostPolicy:
+    """An S3 browser-based upload (POST Object with a policy): where to POST and the form fields to send."""
+
+    url: str
+    fields: dict[str, str]  # in the order the form must carry them; the file goes last
     expires_at: datetime
 
 
@@ -110,3 +121,28 @@ class PresignSigner:
         url = f"{self._origin}{canonical_uri}?{query_string}&X-Amz-Signature={signature}"
         client_headers = {name: value for name, value in (headers or {}).items()}
         return PresignedUrl(url=url, headers=client_headers, expires_at=now + timedelta(seconds=expires_in))
+
+    def post_policy(self, bucket: str, key: str, *, size: int, fields: dict[str, str],
+                    expires_in: int, now: datetime | None = None) -> PostPolicy:
+        """A POST policy that lets exactly one object of exactly `size` bytes be stored at `key`, with `fields`.
+
+        Reference: AWS "Authenticating Requests in Browser-Based Uploads Using POST (AWS Signature Version 4)"
+        and "Creating a POST Policy": every form field but `policy`, `x-amz-signature` and the file must be
+        named by a condition; `content-length-range` bounds the file's length (both ends inclusive); the
+        signature is HMAC-SHA256 of the base64 policy with the day's SigV4 signing key.
+        """
+        now = (now or datetime.now(UTC)).astimezone(UTC)
+        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        day = amz_date[:8]
+        credential = f"{self._access_key_id}/{day}/{self._region}/{self._service}/aws4_request"
+        form = {"key": key, **fields, "x-amz-algorithm": ALGORITHM, "x-amz-credential": credential,
+                "x-amz-date": amz_date}
+        expires_at = now + timedelta(seconds=expires_in)
+        conditions: list[object] = [{"bucket": bucket}]
+        conditions += [{name: value} for name, value in form.items()]
+        conditions.append(["content-length-range", size, size])
+        document = {"expiration": expires_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "conditions": conditions}
+        policy = base64.b64encode(json.dumps(document, separators=(",", ":")).encode()).decode()
+        signature = hmac.new(self._signing_key(day), policy.encode(), hashlib.sha256).hexdigest()
+        return PostPolicy(url=f"{self._origin}{quote(f'{self._base_path}/{bucket}', safe='/~')}",
+                          fields={**form, "policy": policy, "x-amz-signature": signature}, expires_at=expires_at)

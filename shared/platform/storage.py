@@ -19,6 +19,7 @@ from shared.platform.settings import MAX_RETENTION_DAYS, StorageSettings
 
 # Browsers must read ETag to complete a multipart upload, so CORS exposes it.
 _CORS_EXPOSED_HEADERS = ["ETag", "x-amz-checksum-sha256", "x-amz-request-id"]
+UPLOAD_CORS_METHODS: Final = ["PUT", "POST", "DELETE", "GET", "HEAD"]
 
 
 def create_s3_client(settings: StorageSettings, *, public: bool = False, max_attempts: int = 3) -> BaseClient:
@@ -76,12 +77,15 @@ def ensure_bucket(client: BaseClient, bucket: str, *, object_lock: bool = False)
 
 
 def set_upload_cors(client: BaseClient, bucket: str, origins: tuple[str, ...]) -> None:
-    """Let the web origins PUT parts and read ETag; nothing else crosses origins."""
+    """Let the web origins write what presign signed for them and read ETag; nothing else crosses origins.
+
+    PUT: parts and one-write uploads; POST: a POST policy form, and Uppy 6's signRequest mode starting and
+    completing its multipart upload; DELETE: that mode's abort; GET: its ListParts, and downloads."""
     client.put_bucket_cors(
         Bucket=bucket,
         CORSConfiguration={"CORSRules": [{
             "AllowedOrigins": list(origins),
-            "AllowedMethods": ["PUT", "GET", "HEAD"],
+            "AllowedMethods": UPLOAD_CORS_METHODS,
             "AllowedHeaders": ["*"],
             "ExposeHeaders": _CORS_EXPOSED_HEADERS,
             "MaxAgeSeconds": 3600,
@@ -127,6 +131,13 @@ def sse_arguments(settings: StorageSettings) -> dict[str, str]:
     if settings.sse_algorithm == "aws:kms" and settings.sse_kms_key_id:
         arguments["SSEKMSKeyId"] = settings.sse_kms_key_id
     return arguments
+
+
+def sse_headers(settings: StorageSettings) -> dict[str, str]:
+    """`sse_arguments` as the request headers (or POST policy form fields) a browser's own write carries."""
+    names = {"ServerSideEncryption": "x-amz-server-side-encryption",
+             "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+    return {names[argument]: value for argument, value in sse_arguments(settings).items()}
 
 
 def set_bucket_encryption(client: BaseClient, bucket: str, settings: StorageSettings) -> bool:

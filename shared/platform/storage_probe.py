@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
 
+import urllib3
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
@@ -49,6 +50,7 @@ from shared.platform.storage import (
     error_code,
     http_status,
     sse_arguments,
+    sse_headers,
 )
 
 logger = logging.getLogger("dropgate.storage")
@@ -64,6 +66,7 @@ class Capability(enum.StrEnum):
     SIGNATURE = "signature"  # a presigned URL with a tampered signature is refused
     SIGNED_LENGTH = "signed-length"  # a presigned part PUT with another length than signed is refused
     PART_CHECKSUM = "part-checksum"  # a part whose bytes do not match its signed x-amz-checksum-sha256 is refused
+    POST_POLICY_LENGTH = "post-policy-length"  # a POST policy form longer than its content-length-range is refused
     SSE = "sse"  # what dropgate writes is encrypted as DROPGATE_SSE asks (checked only when SSE is asked for)
     # Configured per deployment, checked where DROPGATE_STORAGE_EXPECT names them:
     OBJECT_LOCK = "object-lock"  # both buckets have Object Lock enabled, hence versioning
@@ -74,6 +77,7 @@ GUARANTEES: Final = {
     Capability.SIGNATURE: "part URLs are credentials only for the request they were signed for",
     Capability.SIGNED_LENGTH: "a part URL uploads exactly the declared number of bytes",
     Capability.PART_CHECKSUM: "a part URL signed with a SHA-256 uploads exactly those bytes",
+    Capability.POST_POLICY_LENGTH: "a POST policy (Uppy's Companion mode) uploads exactly the declared number of bytes",
     Capability.SSE: "objects are encrypted at rest",
     Capability.OBJECT_LOCK: "legal holds and quarantined evidence outlive the lifecycle rule",
     Capability.NOTIFICATIONS: "every upload and removal reaches dropgate as an event",
@@ -94,6 +98,10 @@ class ProbeResult:
     missing: frozenset[Capability]
     details: dict[Capability, str] = field(default_factory=dict)  # what the server answered, per capability
 
+    def merged(self, other: ProbeResult) -> ProbeResult:
+        return ProbeResult(enforced=self.enforced | other.enforced, missing=self.missing | other.missing,
+                           details={**self.details, **other.details})
+
 
 def probe_storage(s3: BaseClient, settings: StorageSettings) -> ProbeResult:
     """Try each capability against the uploads bucket; storage errors (down, no access) propagate."""
@@ -104,6 +112,7 @@ def probe_storage(s3: BaseClient, settings: StorageSettings) -> ProbeResult:
         result = _probe_part(settings, bucket, key, upload_id)
     finally:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    result = result.merged(_probe_post_policy(s3, settings, bucket, f"{key}-post"))
     shortfalls = {capability: [f"{b}: {why}" for b in (bucket, settings.quarantine_bucket)
                                if (why := _CONFIGURATION_PROBES[capability](s3, b))]
                   for capability in map(Capability, settings.expect)}
@@ -179,6 +188,32 @@ def _probe_part(settings: StorageSettings, bucket: str, key: str, upload_id: str
             enforced.add(Capability.SSE)
     probed = set(answers) | ({Capability.SSE} if settings.sse_algorithm else set())
     return ProbeResult(enforced=frozenset(enforced), missing=frozenset(probed - enforced), details=details)
+
+
+def _probe_post_policy(s3: BaseClient, settings: StorageSettings, bucket: str, key: str) -> ProbeResult:
+    """A POST policy for PROBE_PART_BYTES, sent one byte longer: refused where the server checks the policy's
+    `content-length-range` (AWS "Creating a POST Policy"). A server that takes it has made an object: deleted."""
+    signer = PresignSigner(endpoint_url=settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com",
+                           access_key_id=settings.access_key_id, secret_access_key=settings.secret_access_key,
+                           region=settings.region)
+    policy = signer.post_policy(bucket, key, size=PROBE_PART_BYTES, fields=sse_headers(settings), expires_in=300)
+    form, content_type = urllib3.encode_multipart_formdata(
+        [*policy.fields.items(), ("file", ("probe", os.urandom(PROBE_PART_BYTES + 1)))])
+    parts = urlsplit(policy.url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=PROBE_TIMEOUT_SECONDS)
+    try:
+        connection.request("POST", parts.path, body=form, headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        status, body = response.status, response.read()
+    finally:
+        connection.close()
+    capability = Capability.POST_POLICY_LENGTH
+    if 200 <= status < 300:
+        s3.delete_object(Bucket=bucket, Key=key)
+    enforced = frozenset({capability}) if 400 <= status < 500 else frozenset()
+    return ProbeResult(enforced=enforced, missing=frozenset({capability}) - enforced,
+                       details={capability: f"{status} {body[:120]!r}"})
 
 
 def _put(url: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:

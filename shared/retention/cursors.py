@@ -23,6 +23,12 @@ def lock_cursor(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
     return None if row is None else dict(row["position"])
 
 
+def read_cursor(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+    """The sweep's saved position, unlocked (a preview's view; {} for a sweep that never ran or finished)."""
+    row = conn.execute("SELECT position FROM retention_cursors WHERE name = %s", (name,)).fetchone()
+    return {} if row is None else dict(row["position"])
+
+
 def save_cursor(conn: psycopg.Connection, name: str, position: dict[str, Any]) -> None:
     conn.execute("UPDATE retention_cursors SET position = %s, updated_at = now() WHERE name = %s",
                  (Jsonb(position), name))

@@ -55,7 +55,11 @@ from psycopg_pool import ConnectionPool
 from events.types import UploadEnded
 from shared.platform import audit
 from shared.platform.logs import log_event
-from shared.platform.settings import MAX_RETENTION_DAYS, StorageSettings
+from shared.platform.settings import (
+    MAX_RETENTION_DAYS,
+    RetentionSettings,
+    StorageSettings,
+)
 from shared.platform.storage import error_code, http_status, is_missing
 from shared.retention.deleter import ObjectDeleter
 from shared.retention.sweeps import (
@@ -78,6 +82,9 @@ logger = logging.getLogger("dropgate.retention")
 # an upload the reconcile pass gave up on, which stayed where it was).
 MAY_BE_IN_QUARANTINE: Final = values(_MAY_BE_IN_QUARANTINE)
 _MAX_ERRORS_REPORTED: Final = 50
+# Appended by the pass to its selections; a preview runs them without it, so it neither waits for nor
+# holds rows a real pass is retiring (a preview's lock would make a concurrent pass skip them).
+LOCK_FOR_PASS: Final = " FOR UPDATE SKIP LOCKED"
 
 Publish = Callable[[Sequence[UploadEnded]], None]
 Clock = Callable[[], datetime]
@@ -98,6 +105,25 @@ class RetentionBounds:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_files < 1 or self.max_listed_objects < 1 or self.max_listed_multipart < 1:
             raise ValueError("retention bounds must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: RetentionSettings) -> RetentionBounds:
+        """The bounds the expire function runs with; `dropgate-dev expire-now --dry-run` previews with the same."""
+        return cls(batch_size=settings.batch_size, max_files=settings.max_files,
+                   stale_after=timedelta(seconds=settings.stale_upload_seconds),
+                   orphan_grace=timedelta(seconds=settings.orphan_grace_seconds),
+                   max_listed_objects=settings.max_listed_objects,
+                   time_budget=timedelta(seconds=settings.time_budget_seconds))
+
+
+@dataclass(frozen=True)
+class Due:
+    """An upload a pass would retire now, and the buckets whose copy of its key it would delete."""
+
+    row: UploadRow
+    outcome: str  # expired, abandoned
+    reason: str
+    buckets: list[str]
 
 
 @dataclass
@@ -206,16 +232,20 @@ class RetentionJob(StorageSweeps):
 
     def expire_due(self) -> None:
         """Uploads past retention and not held: objects deleted, pending multipart aborted, rows `expired`."""
+        query, params = self._due_selection()
+        self._retire_in_batches(query + LOCK_FOR_PASS, params, "expired", self._expiry_reason)
+
+    def _due_selection(self) -> tuple[str, dict[str, Any]]:
+        """Step 1's query (without its lock) and parameters; `skip` and `limit` are the caller's."""
         # A scan that is running right now is left to finish (next pass): deleting its object under it
         # would let its quarantine copy land after the deletion.
         query = ("SELECT * FROM uploads WHERE NOT legal_hold AND status <> ALL(%(ended)s)"
                  " AND (expires_at < %(now)s OR created_at < %(ceiling)s)"
                  " AND NOT (status = 'scanning' AND updated_at > %(busy_since)s)"
                  " AND id <> ALL(%(skip)s)"
-                 " ORDER BY expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED")
-        params = {"ended": list(ENDED), "now": self._now, "ceiling": self._ceiling,
-                  "busy_since": self._now - self.bounds.orphan_grace}
-        self._retire_in_batches(query, params, "expired", self._expiry_reason)
+                 " ORDER BY expires_at LIMIT %(limit)s")
+        return query, {"ended": list(ENDED), "now": self._now, "ceiling": self._ceiling,
+                       "busy_since": self._now - self.bounds.orphan_grace}
 
     def _expiry_reason(self, row: UploadRow) -> str:
         if row.status == UploadStatus.PENDING:
@@ -228,11 +258,39 @@ class RetentionJob(StorageSweeps):
 
     def abandon_stale(self) -> None:
         """Pending uploads older than the stale age: multipart aborted, rows `abandoned`."""
-        hours = self.bounds.stale_after.total_seconds() / 3600
+        query, params = self._stale_selection()
+        self._retire_in_batches(query + LOCK_FOR_PASS, params, "abandoned", self._abandon_reason)
+
+    def _stale_selection(self) -> tuple[str, dict[str, Any]]:
+        """Step 2's query (without its lock) and parameters; `skip` and `limit` are the caller's."""
         query = ("SELECT * FROM uploads WHERE status = 'pending' AND NOT legal_hold AND created_at < %(stale)s"
-                 " AND id <> ALL(%(skip)s) ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED")
-        self._retire_in_batches(query, {"stale": self._now - self.bounds.stale_after}, "abandoned",
-                                lambda _row: f"multipart upload not completed within {hours:g} hours")
+                 " AND id <> ALL(%(skip)s) ORDER BY created_at LIMIT %(limit)s")
+        return query, {"stale": self._now - self.bounds.stale_after}
+
+    def _abandon_reason(self, _row: UploadRow) -> str:
+        return f"multipart upload not completed within {self.bounds.stale_after.total_seconds() / 3600:g} hours"
+
+    # -- a preview of 1 and 2 --
+
+    def would_retire(self) -> list[Due]:
+        """The uploads steps 1 and 2 would retire now, in the pass's order and bound; reads, changes nothing.
+
+        The pass's own queries, unlocked, in a READ ONLY transaction (the database refuses any write).
+        A row step 1 takes is not offered to step 2, as the pass's step 1 would have ended it by then.
+        Time budgets and storage refusals are not foreseen: a real pass may retire fewer.
+        """
+        due: list[Due] = []
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            for (query, params), outcome, reason in ((self._due_selection(), "expired", self._expiry_reason),
+                                                     (self._stale_selection(), "abandoned", self._abandon_reason)):
+                limit = self.bounds.max_files - len(due)
+                if limit <= 0:
+                    break
+                rows = conn.cursor(row_factory=upload_row).execute(
+                    query, {**params, "skip": [d.row.id for d in due], "limit": limit}).fetchall()
+                due += [Due(row, outcome, reason(row), self._buckets_of(row)) for row in rows]
+        return due
 
     # -- 1 and 2: lock a batch, change storage, mark, audit, publish, commit --
 

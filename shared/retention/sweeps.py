@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from shared.platform import audit
 from shared.platform.audit import Actor
 from shared.platform.storage import is_missing
-from shared.retention.cursors import lock_cursor, save_cursor
+from shared.retention.cursors import lock_cursor, read_cursor, save_cursor
 from shared.uploads.model import (
     COMPLETED,
     GONE,
@@ -98,11 +98,7 @@ class StorageSweeps:
                 if cursor is None:
                     return  # another pass is sweeping this bucket
                 start_after = cursor.get("start_after", "")
-                request: dict[str, Any] = {"Bucket": bucket,
-                                           "MaxKeys": min(S3_MAX_LIST_KEYS, self.bounds.max_listed_objects - listed)}
-                if start_after:
-                    request["StartAfter"] = start_after
-                page = self._s3.list_objects_v2(**request)
+                page = self._list_page(bucket, start_after, listed)
                 contents = page.get("Contents", [])
                 truncated = bool(page.get("IsTruncated")) and bool(contents)
                 self._delete_orphans(conn, bucket, contents)
@@ -118,8 +114,33 @@ class StorageSweeps:
         self.summary.more_work = True
 
     def _delete_orphans(self, conn: psycopg.Connection, bucket: str, contents: list[dict[str, Any]]) -> None:
-        if not contents:
+        orphans = self._orphans_among(conn, bucket, contents)
+        if not orphans:
             return
+        refused = self._objects.delete({bucket: [obj["Key"] for obj, _ in orphans]}, self.summary)
+        with conn.pipeline():
+            for obj, upload_id in orphans:
+                if (bucket, obj["Key"]) in refused:
+                    self.summary.error(f"orphan {bucket}/{obj['Key']} not deleted: {refused[(bucket, obj['Key'])]}")
+                    continue
+                audit.record(conn, ACTOR, "retention.orphan_deleted", upload_id, bucket=bucket, key=obj["Key"],
+                             size=obj.get("Size"), last_modified=obj["LastModified"].isoformat(),
+                             run_id=self.summary.run_id)
+                self.summary.orphans_deleted += 1
+
+    def _list_page(self, bucket: str, start_after: str, listed: int) -> dict[str, Any]:
+        """One ListObjectsV2 page after `start_after`, no longer than what is left of the pass's bound."""
+        request: dict[str, Any] = {"Bucket": bucket,
+                                   "MaxKeys": min(S3_MAX_LIST_KEYS, self.bounds.max_listed_objects - listed)}
+        if start_after:
+            request["StartAfter"] = start_after
+        return self._s3.list_objects_v2(**request)
+
+    def _orphans_among(self, conn: psycopg.Connection, bucket: str,
+                       contents: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Any]]:
+        """The listed objects the sweep deletes, each with the ended upload that had it (or None); reads only."""
+        if not contents:
+            return []
         keys = [o["Key"] for o in contents]
         owners: dict[str, list[UploadRow]] = {}
         for row in conn.cursor(row_factory=upload_row).execute(
@@ -135,18 +156,28 @@ class StorageSweeps:
             if obj["LastModified"] >= young:
                 continue  # may belong to something that is happening right now
             orphans.append((obj, rows[0].id if rows else None))
-        if not orphans:
-            return
-        refused = self._objects.delete({bucket: [obj["Key"] for obj, _ in orphans]}, self.summary)
-        with conn.pipeline():
-            for obj, upload_id in orphans:
-                if (bucket, obj["Key"]) in refused:
-                    self.summary.error(f"orphan {bucket}/{obj['Key']} not deleted: {refused[(bucket, obj['Key'])]}")
-                    continue
-                audit.record(conn, ACTOR, "retention.orphan_deleted", upload_id, bucket=bucket, key=obj["Key"],
-                             size=obj.get("Size"), last_modified=obj["LastModified"].isoformat(),
-                             run_id=self.summary.run_id)
-                self.summary.orphans_deleted += 1
+        return orphans
+
+    def would_delete_orphans(self, bucket: str) -> tuple[list[tuple[dict[str, Any], Any]], bool]:
+        """The objects step 4 would delete from `bucket` now, and whether its bound would stop it first.
+
+        Lists from the sweep's saved cursor with the pass's bound and decides with the pass's own rule
+        (`_orphans_among`), in READ ONLY transactions; the cursor is read, not locked or moved.
+        """
+        found: list[tuple[dict[str, Any], Any]] = []
+        listed = 0
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            start_after = read_cursor(conn, f"objects:{bucket}").get("start_after", "")
+            while listed < self.bounds.max_listed_objects:
+                page = self._list_page(bucket, start_after, listed)
+                contents = page.get("Contents", [])
+                found += self._orphans_among(conn, bucket, contents)
+                listed += len(contents)
+                if not (page.get("IsTruncated") and contents):
+                    return found, False
+                start_after = contents[-1]["Key"]
+        return found, True
 
     def _mark_missing(self, conn: psycopg.Connection, bucket: str, start_after: str, end: str | None,
                       listed: set[str]) -> str | None:

@@ -1,8 +1,9 @@
-"""Uppy Companion's S3 multipart routes, mapped onto the same upload service.
+"""Uppy Companion's S3 routes, mapped onto the same upload service.
 
-`@uppy/aws-s3` in Companion mode (its `companionEndpoint` option, or
-`companionUrl` in older releases) calls these routes under `<endpoint>/s3`:
+`@uppy/aws-s3` in Companion mode (its `companionEndpoint` option in 6.x, `endpoint` in 5.x) calls these
+routes under `<endpoint>/s3` (6.3.1 src/s3-client/CompanionS3.ts; Companion's own s3 controller):
 
+    GET    /s3/params?filename=&type=&metadata[k]=v               -> {method, url, fields}  (a POST policy)
     POST   /s3/multipart                          {filename, type, metadata} -> {key, uploadId, bucket}
     GET    /s3/multipart/{uploadId}?key=          -> [{PartNumber, Size, ETag}]
     GET    /s3/multipart/{uploadId}/batch?key=&partNumbers=1,2 -> {presignedUrls: {"1": url}}
@@ -10,42 +11,77 @@
     POST   /s3/multipart/{uploadId}/complete?key= {parts: [{PartNumber, ETag}]} -> {location, key, bucket}
     DELETE /s3/multipart/{uploadId}?key=          -> {}
 
-The plugin does not send the file size, which dropgate needs to bind every part
-URL to its length, so the page passes it as Uppy file metadata (`size`, set
-with `uppy.setFileMeta` or the `meta` option). The part size is then the one
-the plugin computes by default, max(5 MiB, ceil(size / 10,000)), so part N of
-the browser's split is exactly the length its URL was signed for.
+Files of 100 MiB or less go by `/s3/params` (the plugin's default `shouldUseMultipart`), larger ones by
+multipart.
+
+The `uploadId` the plugin gets is dropgate's upload id, not storage's UploadId: the plugin only hands
+it back to these routes, and a UUID needs no escaping in a path (storage's may hold `/`, `+` or `=`,
+and a `%2F` in a path reaches the router as `/`). A storage UploadId is still taken, for uploads a
+page started before this change.
+
+The plugin does not send the file's size, which dropgate signs into every URL (the POST policy's
+`content-length-range`, each part's `Content-Length`). The page passes it as Uppy file metadata `size`
+(docs/uploader.md, "Companion mode"); without it the answer is a 400 `size_required` that says so.
+Parts are cut by Uppy's own rule (shared/uploads/parts.py uppy_part_size), so part N of the browser's
+split is exactly the length its URL was signed for.
 """
 
 from __future__ import annotations
 
-import math
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
-from shared.platform.errors import BadRequest
-from shared.platform.settings import S3_MAX_PARTS, S3_MIN_PART_SIZE
+from shared.platform.errors import BadRequest, SizeRequired
 from shared.uploads.model import UploadRow
 from shared.uploads.requests import NewUpload, PartRequest
 
+SIZE_REQUIRED = (
+    "metadata.size: required. Uppy's Companion mode does not send the file's size, and dropgate signs the "
+    "exact size into every upload URL. Set it as file metadata when a file is added: "
+    "uppy.on('file-added', (file) => uppy.setFileMeta(file.id, { size: file.size })) "
+    "(docs/uploader.md, \"Companion mode\")")
 
-def uppy_default_part_size(size: int) -> int:
-    """@uppy/aws-s3's default chunk size for a file of `size` bytes."""
-    return max(S3_MIN_PART_SIZE, math.ceil(size / S3_MAX_PARTS))
 
-
-def new_upload_from_companion(body: dict[str, Any]) -> NewUpload:
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+def _declared_size(metadata: Mapping[str, Any]) -> int:
     size = metadata.get("size")
     if isinstance(size, str) and size.isdigit():
         size = int(size)
+    if size is None or size == "":
+        raise SizeRequired(SIZE_REQUIRED)
     if not isinstance(size, int) or isinstance(size, bool):
-        raise BadRequest("metadata.size: required, the file's size in bytes (set it as Uppy file meta)")
+        raise BadRequest(f"metadata.size: {size!r} is not a number of bytes")
+    return size
+
+
+def _new_upload(filename: Any, content_type: Any, metadata: Mapping[str, Any]) -> NewUpload:
     return NewUpload.from_json({
-        "filename": body.get("filename") or metadata.get("name"),
-        "size": size,
-        "content_type": body.get("type") or metadata.get("type") or "application/octet-stream",
+        "filename": filename or metadata.get("name"),
+        "size": _declared_size(metadata),
+        "content_type": content_type or metadata.get("type") or "application/octet-stream",
         "sha256": metadata.get("sha256"),
     })
+
+
+def new_upload_from_companion(body: dict[str, Any]) -> NewUpload:
+    """`POST /s3/multipart`'s JSON body."""
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    return _new_upload(body.get("filename"), body.get("type"), metadata)
+
+
+def new_upload_from_params(args: Mapping[str, str]) -> NewUpload:
+    """`GET /s3/params`'s query: filename, type and each metadata field as `metadata[name]`."""
+    metadata = {name[len("metadata["):-1]: value for name, value in args.items()
+                if name.startswith("metadata[") and name.endswith("]")}
+    return _new_upload(args.get("filename"), args.get("type"), metadata)
+
+
+def handle_to_upload_id(handle: str) -> str | None:
+    """The dropgate upload id when `handle` is one (what these routes hand out), else None (a storage UploadId)."""
+    try:
+        return str(uuid.UUID(handle))
+    except ValueError:
+        return None
 
 
 def part_numbers_from_query(raw: str | None) -> list[PartRequest]:
@@ -66,7 +102,7 @@ def single_part(raw: str) -> PartRequest:
 
 
 def created(upload: UploadRow) -> dict[str, Any]:
-    return {"key": upload.object_key, "uploadId": upload.storage_upload_id, "bucket": upload.bucket}
+    return {"key": upload.object_key, "uploadId": str(upload.id), "bucket": upload.bucket}
 
 
 def completed(upload: UploadRow, public_endpoint: str) -> dict[str, Any]:

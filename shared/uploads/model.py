@@ -117,6 +117,7 @@ class UploadRow:
     detected_type: str | None  # 0006: the type sniffed from the bytes
     signature_version: int | None  # 0006: clamd's database version that produced the verdict
     rescan_requested_version: int | None  # 0006
+    client_ref: str | None  # 0009: the browser's handle for the file (Uppy 6 signRequest mode), for retries
 
     @classmethod
     def from_db(cls, columns: Mapping[str, Any]) -> UploadRow:

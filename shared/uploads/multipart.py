@@ -37,6 +37,19 @@ _COMPLETION_REFUSALS: Final = frozenset({"InvalidPart", "InvalidPartOrder", "Inv
                                          "InvalidDigest"})
 
 
+def object_metadata(upload_id: uuid.UUID, filename: str, declared_sha256: str | None) -> dict[str, str]:
+    """The user metadata that ties an object to its upload, whoever writes it (presign, or the browser with a
+    URL or POST policy presign signed): `upload-id` is what reconcile and a retried completion check."""
+    metadata = {"upload-id": str(upload_id), "filename": quote(filename, safe="")}
+    if declared_sha256:
+        metadata["declared-sha256"] = declared_sha256
+    traceparent = tracing.current_traceparent()
+    if traceparent:
+        # The object keeps it, and storage's notification repeats it: how the trace crosses storage.
+        metadata[tracing.TRACEPARENT] = traceparent
+    return metadata
+
+
 class MultipartStorage:
     def __init__(self, s3: BaseClient, storage: StorageSettings) -> None:
         self._s3 = s3
@@ -45,13 +58,7 @@ class MultipartStorage:
     def start(self, bucket: str, key: str, *, content_type: str, upload_id: uuid.UUID, filename: str,
               declared_sha256: str | None) -> str:
         """CreateMultipartUpload with SSE and the metadata that ties the object to its upload; the UploadId."""
-        metadata = {"upload-id": str(upload_id), "filename": quote(filename, safe="")}
-        if declared_sha256:
-            metadata["declared-sha256"] = declared_sha256
-        traceparent = tracing.current_traceparent()
-        if traceparent:
-            # The object keeps it, and storage's notification repeats it: how the trace crosses storage.
-            metadata[tracing.TRACEPARENT] = traceparent
+        metadata = object_metadata(upload_id, filename, declared_sha256)
         checksum = {"ChecksumAlgorithm": "SHA256"} if self.requires_part_checksums else {}
         return self._call("create_multipart_upload", Bucket=bucket, Key=key, ContentType=content_type,
                           Metadata=metadata, **checksum, **sse_arguments(self._storage))["UploadId"]

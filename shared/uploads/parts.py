@@ -32,3 +32,10 @@ def part_count(size: int, part_size: int) -> int:
 def part_length(number: int, size: int, part_size: int) -> int:
     """Bytes in part `number` (1-based): full parts, then whatever is left."""
     return min(part_size, size - (number - 1) * part_size) if size else 0
+
+
+def uppy_part_size(size: int) -> int:
+    """@uppy/aws-s3's chunk size when the page sets no `getChunkSize` (5.x and 6.x alike): max(5 MiB,
+    ceil(size / 10,000)) (6.3.1 src/S3Uploader.ts #getChunkSize and its MIN_CHUNK_SIZE clamp). Signing
+    Uppy's parts by this rule is what lets each part URL carry the exact length of the part Uppy cuts."""
+    return max(S3_MIN_PART_SIZE, math.ceil(size / S3_MAX_PARTS))

@@ -16,18 +16,26 @@ from shared.uploads.model import UploadRow, UploadStatus, upload_row
 
 def insert_audited(conn: psycopg.Connection, *, upload_id: uuid.UUID, owner: str, bucket: str, key: str,
                    filename: str, content_type: str, size: int, part_size: int, part_count: int,
-                   declared_sha256: str | None, expires_at: datetime, now: datetime, storage_upload_id: str,
-                   audited: audit.Entry) -> UploadRow:
+                   declared_sha256: str | None, expires_at: datetime, now: datetime, storage_upload_id: str | None,
+                   client_ref: str | None, audited: audit.Entry) -> UploadRow:
     """The new upload's row and its audit entry, in one statement (one round trip): the row as stored."""
     return conn.cursor(row_factory=upload_row).execute(
         "WITH inserted AS (INSERT INTO uploads (id, owner, bucket, object_key, filename, content_type,"
         "  declared_size, part_size, part_count, declared_sha256, expires_at, created_at, updated_at,"
-        "  storage_upload_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *),"
+        "  storage_upload_id, client_ref) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " RETURNING *),"
         # SELECT ... FROM inserted: the entry is written only with the row it describes.
         f" audited AS (INSERT INTO audit_log ({audit.COLUMNS}) SELECT {audit.PLACEHOLDERS} FROM inserted)"
         " SELECT * FROM inserted",
         (upload_id, owner, bucket, key, filename, content_type, size, part_size, part_count, declared_sha256,
-         expires_at, now, now, storage_upload_id, *audited.parameters(upload_id))).fetchone()
+         expires_at, now, now, storage_upload_id, client_ref, *audited.parameters(upload_id))).fetchone()
+
+
+def pending_by_client_ref(conn: psycopg.Connection, owner: str, client_ref: str) -> UploadRow | None:
+    """The owner's newest pending upload the browser named `client_ref` (a retry of the same file)."""
+    return conn.cursor(row_factory=upload_row).execute(
+        "SELECT * FROM uploads WHERE owner = %s AND client_ref = %s AND status = %s"
+        " ORDER BY created_at DESC LIMIT 1", (owner, client_ref, UploadStatus.PENDING)).fetchone()
 
 
 def load(conn: psycopg.Connection, upload_id: uuid.UUID, *, for_update: bool = False) -> UploadRow | None:
@@ -53,6 +61,15 @@ def _counted_upload(counted_requests: int, **columns: Any) -> tuple[int, UploadR
 def find_by_storage_upload_id(conn: psycopg.Connection, storage_upload_id: str) -> UploadRow | None:
     return conn.cursor(row_factory=upload_row).execute(
         "SELECT * FROM uploads WHERE storage_upload_id = %s", (storage_upload_id,)).fetchone()
+
+
+def bind_storage_upload_id(conn: psycopg.Connection, upload_id: uuid.UUID, storage_upload_id: str) -> UploadRow | None:
+    """Record the multipart upload a browser made itself (Uppy 6's signRequest mode), once: the row, or None
+    when the upload is no longer pending or is already bound to another multipart upload."""
+    return conn.cursor(row_factory=upload_row).execute(
+        "UPDATE uploads SET storage_upload_id = %s, updated_at = now() WHERE id = %s AND status = %s"
+        " AND (storage_upload_id IS NULL OR storage_upload_id = %s) RETURNING *",
+        (storage_upload_id, upload_id, UploadStatus.PENDING, storage_upload_id)).fetchone()
 
 
 def newest(conn: psycopg.Connection, *, owner: str | None, before: datetime | None, limit: int) -> list[UploadRow]:

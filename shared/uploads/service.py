@@ -49,6 +49,7 @@ from shared.platform.settings import (
 from shared.platform.sigv4 import PresignedUrl, PresignSigner
 from shared.scanning.content_policy import ContentPolicy, download_type
 from shared.uploads import repository
+from shared.uploads.completion import completion_problem
 from shared.uploads.limits import (
     check_request_count,
     count_request,
@@ -117,6 +118,10 @@ class UploadService:
     def bucket(self) -> str:
         return self._storage.uploads_bucket
 
+    @property
+    def requires_part_checksums(self) -> bool:
+        return self._storage_calls.requires_part_checksums
+
     # -- every authenticated request --
 
     def count_request(self, principal: Principal) -> None:
@@ -126,8 +131,16 @@ class UploadService:
     # -- create --
 
     def create(self, principal: Principal, new: NewUpload, actor: Actor, *,
-               part_size_rule: Callable[[int], int] | None = None) -> UploadRow:
-        """`part_size_rule` lets a client that splits files its own way (Uppy) say how; the default is ours."""
+               part_size_rule: Callable[[int], int] | None = None, multipart: bool = True,
+               start_in_storage: bool = True, client_ref: str | None = None) -> UploadRow:
+        """`part_size_rule` lets a client that splits files its own way (Uppy) say how; the default is ours.
+
+        `multipart=False`: the file goes to storage in one write (a PUT or a POST policy, shared/uploads/
+        browser_s3.py), so storage starts no multipart upload; the row is the whole registration.
+        `start_in_storage=False`: the browser starts the multipart upload itself with a URL presign signs
+        (Uppy 6's signRequest mode); its UploadId is bound to the row when the first part is signed.
+        `client_ref`: the browser's own handle for the file. A create that names the handle of the
+        caller's pending upload of the same file is a retry (migration 0009) and gets that upload back."""
         principal.require(ROLE_UPLOADER)
         limits = self._limits
         if new.size > limits.max_upload_size:
@@ -137,13 +150,29 @@ class UploadService:
         refused = self._content.check_declared(new.content_type, new.filename)
         if refused:
             raise UnsupportedMediaType(refused)
-        if part_size_rule is None:
+        if not multipart:
+            part_size = max(new.size, 1)
+        elif part_size_rule is None:
             part_size = choose_part_size(new.size, limits.default_part_size)
         else:
             part_size = part_size_rule(new.size)
-        return self._create(principal, new, part_size, actor)
+        if client_ref is not None:
+            retried = self._retried(principal, new, client_ref)
+            if retried is not None and retried.part_size == part_size:
+                return retried
+        return self._create(principal, new, part_size, actor, start_in_storage=multipart and start_in_storage,
+                            client_ref=client_ref)
 
-    def _create(self, principal: Principal, new: NewUpload, part_size: int, actor: Actor) -> UploadRow:
+    def _retried(self, principal: Principal, new: NewUpload, client_ref: str) -> UploadRow | None:
+        with self._pool.connection() as conn:
+            upload = repository.pending_by_client_ref(conn, principal.subject, client_ref)
+        if upload is None or (upload.declared_size, upload.content_type, upload.filename) != (
+                new.size, new.content_type, sanitise_filename(new.filename)):
+            return None
+        return upload
+
+    def _create(self, principal: Principal, new: NewUpload, part_size: int, actor: Actor, *,
+                start_in_storage: bool, client_ref: str | None = None) -> UploadRow:
         now = self._clock()
         upload_id = uuid.uuid4()
         # Server-generated, unguessable, and free of anything the user typed.
@@ -151,9 +180,13 @@ class UploadService:
         filename = sanitise_filename(new.filename)
         # Storage's CreateMultipartUpload runs while the database checks the quota: the two waits overlap
         # instead of adding up. The row is written only once storage has answered, in the same transaction.
-        started = self._in_parallel.submit(
-            contextvars.copy_context().run, self._storage_calls.start, self.bucket, key,
-            content_type=new.content_type, upload_id=upload_id, filename=filename, declared_sha256=new.sha256)
+        started: Future[str | None] = Future()
+        if start_in_storage:
+            started = self._in_parallel.submit(
+                contextvars.copy_context().run, self._storage_calls.start, self.bucket, key,
+                content_type=new.content_type, upload_id=upload_id, filename=filename, declared_sha256=new.sha256)
+        else:
+            started.set_result(None)
         try:
             with self._pool.connection() as conn, conn.transaction():
                 reserve_upload_quota(conn, principal.subject, new.size, self._limits, now)
@@ -162,7 +195,7 @@ class UploadService:
                     filename=filename, content_type=new.content_type, size=new.size, part_size=part_size,
                     part_count=part_count(new.size, part_size), declared_sha256=new.sha256,
                     expires_at=now + timedelta(days=self._limits.retention_days), now=now,
-                    storage_upload_id=started.result(),
+                    storage_upload_id=started.result(), client_ref=client_ref,
                     audited=audit.Entry(actor, "upload.created", {"filename": filename, "size": new.size,
                                                                   "content_type": new.content_type, "key": key}))
         except BaseException:
@@ -176,10 +209,12 @@ class UploadService:
                   content_type=new.content_type, owner=principal.subject)
         return row
 
-    def _abort_if_started(self, key: str, started: Future[str]) -> None:
+    def _abort_if_started(self, key: str, started: Future[str | None]) -> None:
         try:
             storage_upload_id = started.result()
         except Exception:  # noqa: BLE001 - storage made no multipart upload: nothing to abort
+            return
+        if storage_upload_id is None:
             return
         with contextlib.suppress(DependencyUnavailable):
             self._storage_calls.abort(self.bucket, key, storage_upload_id)
@@ -240,6 +275,8 @@ class UploadService:
         return upload, parts
 
     def _stored_parts(self, upload: UploadRow) -> list[StoredPart]:
+        if upload.storage_upload_id is None:
+            return []  # a one-write upload, or a browser-made multipart upload no part was signed for yet
         return self._storage_calls.stored_parts(upload.bucket, upload.object_key, upload.storage_upload_id)
 
     def list_files(self, principal: Principal, *, everyone: bool, limit: int = 100,
@@ -260,6 +297,25 @@ class UploadService:
         else:
             with self._pool.connection() as conn:
                 upload = self._load(conn, principal, upload_id)
+        return self.sign_part_urls(upload, requests)
+
+    def owned(self, principal: Principal, upload_id: str) -> UploadRow:
+        """The caller's upload (404 for anyone else's), the request counted against the rate limit."""
+        return self._load_counting(principal, upload_id)
+
+    def bind_storage_upload(self, upload: UploadRow, storage_upload_id: str) -> UploadRow:
+        """The multipart upload the browser started itself, recorded on its row the first time it is named;
+        409 when the row names another one (or is no longer pending)."""
+        if upload.storage_upload_id == storage_upload_id:
+            return upload
+        with self._pool.connection() as conn:
+            bound = repository.bind_storage_upload_id(conn, upload.id, storage_upload_id)
+        if bound is None:
+            raise Conflict(f"upload {upload.id} is {upload.status} with another multipart upload; start a new one")
+        return bound
+
+    def sign_part_urls(self, upload: UploadRow, requests: Iterable[PartRequest]) -> list[dict]:
+        """Part URLs of a pending upload the caller owns, each bound to its part's exact length."""
         self._require_pending(upload)
         expiry = self._limits.url_expiry_seconds
         now = self._clock()
@@ -307,7 +363,7 @@ class UploadService:
                              status=str(upload.status), parts_in_storage=len(stored))
                 log_event(logger, "the row said completed, storage did not; completing now", logging.WARNING,
                           outcome="repaired", status=str(upload.status), parts_in_storage=len(stored))
-            problem = self._completion_problem(upload, claimed, stored)
+            problem = completion_problem(upload, claimed, stored)
             # No parts left in storage: a completion that died between storage and its commit may have
             # completed this very upload already. Then this retry records it; aborting would delete the file.
             etag = self._completed_earlier(upload) if problem is not None and not stored else None
@@ -378,34 +434,16 @@ class UploadService:
             return None
         return normalise_etag(head.get("ETag", ""))
 
-    @staticmethod
-    def _completion_problem(row: UploadRow, claimed: list[CompletedPart], stored: list[StoredPart]) -> str | None:
-        numbers = [p.number for p in claimed]
-        if len(set(numbers)) != len(numbers):
-            return "a part number is listed twice"
-        expected = set(range(1, row.part_count + 1))
-        if set(numbers) != expected:
-            missing = sorted(expected - set(numbers))[:10]
-            return f"the part list does not match the upload's {row.part_count} parts (missing {missing})"
-        held = {p.number: p for p in stored}
-        for part in claimed:
-            stored_part = held.get(part.number)
-            if stored_part is None:
-                return f"part {part.number} is not in storage"
-            if stored_part.etag != part.etag:
-                return f"part {part.number}: ETag {part.etag} does not match storage's {stored_part.etag}"
-        total = sum(held[n].size for n in expected)
-        if total != row.declared_size:
-            return f"storage holds {total} bytes but {row.declared_size} were declared"
-        return None
-
-    def abort(self, principal: Principal, upload_id: str, actor: Actor) -> UploadRow:
+    def abort(self, principal: Principal, upload_id: str, actor: Actor, *, in_storage: bool = True) -> UploadRow:
+        """`in_storage=False`: the browser aborts the multipart upload itself, with a URL presign signs
+        (Uppy 6's signRequest mode); one it never sends is aborted by expire's stale-upload sweep."""
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, upload_id, for_update=True)
             if upload.status == UploadStatus.ABORTED:
                 return upload
             self._require_pending(upload)
-            self._storage_calls.abort(upload.bucket, upload.object_key, upload.storage_upload_id)
+            if in_storage and upload.storage_upload_id is not None:
+                self._storage_calls.abort(upload.bucket, upload.object_key, upload.storage_upload_id)
             row = repository.mark_aborted(conn, upload.id, "cancelled by the user")
             audit.record(conn, actor, "upload.aborted", upload.id)
         metrics.UPLOADS_ABORTED.labels("user").inc()

@@ -34,10 +34,10 @@ def chromium(profile_dir: Path) -> Iterator[BrowserContext]:
 
 @dataclass
 class PartPut:
-    """One part PUT the browser sent to storage."""
+    """One PUT the browser sent to storage: a part (its number and multipart upload), or a whole object."""
 
-    number: int
-    upload_id: str
+    number: int | None  # None: a whole object (PutObject)
+    upload_id: str | None
     url: str
     status: int | None = None
     sent_after_reload: bool = False
@@ -52,6 +52,7 @@ class NetworkLog:
     reloaded: bool = False
     origins: set[str] = field(default_factory=set)
     puts: list[PartPut] = field(default_factory=list)
+    to_storage: list[tuple[str, str]] = field(default_factory=list)  # (method, URL) of every storage request
     _by_request: dict[int, PartPut] = field(default_factory=dict)
 
     def attach(self) -> NetworkLog:
@@ -63,9 +64,12 @@ class NetworkLog:
         parts = urlsplit(request.url)
         if parts.scheme in ("http", "https"):
             self.origins.add(f"{parts.scheme}://{parts.netloc}")
+        if request.url.startswith(self.s3_origin):
+            self.to_storage.append((request.method, request.url))
         if request.method == "PUT" and request.url.startswith(self.s3_origin):
             query = parse_qs(parts.query)
-            put = PartPut(int(query["partNumber"][0]), query["uploadId"][0], request.url,
+            number = int(query["partNumber"][0]) if "partNumber" in query else None
+            put = PartPut(number, query["uploadId"][0] if number else None, request.url,
                           sent_after_reload=self.reloaded)
             self.puts.append(put)
             self._by_request[id(request)] = put
@@ -77,7 +81,11 @@ class NetworkLog:
             put.status = response.status if response else None
 
     def stored_parts(self) -> set[int]:
-        return {put.number for put in self.puts if put.status == 200}
+        return {put.number for put in self.puts if put.status == 200 and put.number is not None}
+
+    def objects(self) -> list[PartPut]:
+        """The whole-object PUTs (Uppy 6's PutObject), in order."""
+        return [put for put in self.puts if put.number is None]
 
 
 class UploaderPage:
@@ -144,15 +152,26 @@ class UploaderPage:
         return target
 
     def persisted_upload_id(self) -> str | None:
-        """dropgate's upload id as Golden Retriever saved it for after a reload."""
-        return self.page.evaluate("""() => {
-            for (const key of Object.keys(localStorage)) {
-                if (!key.startsWith('uppyState:')) continue
-                const files = JSON.parse(localStorage.getItem(key))?.metadata?.files ?? {}
-                for (const file of Object.values(files)) if (file.s3Multipart?.uploadId) return file.s3Multipart.uploadId
+        """The multipart upload Golden Retriever saved for after a reload (Uppy 6 keeps its state in the
+        `metadata` store of IndexedDB `uppy-blobs`, as JSON: @uppy/golden-retriever 6 IndexedDBMetaDataStore)."""
+        return self.page.evaluate("""() => new Promise((resolve) => {
+            const open = indexedDB.open('uppy-blobs')
+            open.onerror = () => resolve(null)
+            open.onsuccess = () => {
+                const db = open.result
+                if (!db.objectStoreNames.contains('metadata')) { db.close(); return resolve(null) }
+                const all = db.transaction('metadata').objectStore('metadata').getAll()
+                all.onerror = () => { db.close(); resolve(null) }
+                all.onsuccess = () => {
+                    db.close()
+                    for (const record of all.result) {
+                        const files = JSON.parse(record.metadata ?? '{}')?.files ?? {}
+                        for (const file of Object.values(files)) if (file.s3Multipart?.uploadId) return resolve(file.s3Multipart.uploadId)
+                    }
+                    resolve(null)
+                }
             }
-            return null
-        }""")
+        })""")
 
     def blobs_kept(self) -> int:
         """How many files Golden Retriever holds in IndexedDB (what a reload can resume)."""

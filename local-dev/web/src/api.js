@@ -81,36 +81,15 @@ export class DropgateApi {
     return payload
   }
 
-  /** POST /uploads: the row and the S3 multipart upload; the answer carries `part_size` and `part_count`. */
-  createUpload({ filename, size, contentType, sha256 }, signal) {
-    const body = { filename, size, content_type: contentType || 'application/octet-stream' }
-    if (sha256) body.sha256 = sha256
-    return this.request('POST', '/uploads', { body, signal })
-  }
-
-  /** POST /uploads/{id}/parts: one URL per part, bound to its length and (given) SHA-256. */
-  async signParts(uploadId, parts, signal) {
-    const answer = await this.request('POST', `/uploads/${encodeURIComponent(uploadId)}/parts`, {
-      body: { parts },
-      signal,
-    })
-    return answer.parts
-  }
-
-  /** GET /uploads/{id}: status, sizes and `parts` as storage holds them (for resuming). */
-  getUpload(uploadId, signal) {
-    return this.request('GET', `/uploads/${encodeURIComponent(uploadId)}`, { signal })
-  }
-
-  completeUpload(uploadId, parts, signal) {
-    return this.request('POST', `/uploads/${encodeURIComponent(uploadId)}/complete`, {
-      body: { parts },
-      signal,
-    })
-  }
-
-  abortUpload(uploadId, signal) {
-    return this.request('DELETE', `/uploads/${encodeURIComponent(uploadId)}`, { signal })
+  /**
+   * POST /s3/sign: one S3 request of @uppy/aws-s3 6 (signRequest mode), signed for the caller's upload.
+   * `file` is the Uppy file the request starts (PutObject, CreateMultipartUpload: the plugin's key is
+   * the file id), whose size and name presign needs to register it; undefined for the other requests.
+   * The answer, `{url, key?, headers?}`, is what the plugin sends to storage.
+   */
+  signS3Request(request, file, signal) {
+    const body = file ? { ...request, size: file.size, filename: file.name, type: file.type } : request
+    return this.request('POST', '/s3/sign', { body, signal })
   }
 
   async listMyFiles(signal) {

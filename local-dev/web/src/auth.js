@@ -69,6 +69,23 @@ export class Session {
     if (!this.#use(token.trim())) throw new Error('That token is malformed or has expired.')
   }
 
+  /**
+   * The token as the `dropgate_token` cookie, for presign served under this page's origin at `path`
+   * (Companion mode: the plugin sends no Authorization header). An app's server sets it instead,
+   * HttpOnly; this page can only set it from script. SameSite=Strict, and presign also requires the
+   * request to come from this site's own pages.
+   */
+  setCookie(path) {
+    const secure = location.protocol === 'https:' ? '; Secure' : ''
+    const expires = claimsOf(this.token)?.exp
+    const maxAge = expires ? `; Max-Age=${Math.max(0, expires - Math.floor(Date.now() / 1000))}` : ''
+    document.cookie = `dropgate_token=${this.token}; Path=${path}; SameSite=Strict${maxAge}${secure}`
+  }
+
+  clearCookie(path) {
+    document.cookie = `dropgate_token=; Path=${path}; SameSite=Strict; Max-Age=0`
+  }
+
   signOut() {
     this.token = null
     this.user = null

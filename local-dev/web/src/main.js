@@ -67,12 +67,14 @@ async function main() {
     return
   }
 
+  // companion.html: the same page with @uppy/aws-s3 in Companion mode, presign under this origin.
+  const companionEndpoint = document.body.dataset.mode === 'companion' ? config.companion_endpoint : undefined
   const session = new Session()
   let uploader = null
   let uploaderOwner = null
   let fileList = null
 
-  const api = new DropgateApi(config.presign_url, () => session.token, {
+  const api = new DropgateApi(companionEndpoint ?? config.presign_url, () => session.token, {
     onUnauthorized: () => {
       if (!session.signedIn) return
       // Keep the uploads: pause them, and carry on once the person has signed in again.
@@ -88,7 +90,7 @@ async function main() {
   function localProgress() {
     const progress = new Map()
     for (const file of uploader?.getFiles() ?? []) {
-      const id = file.s3Multipart?.uploadId
+      const id = uploader.dropgateUploadId(file)
       if (id && !file.progress.uploadComplete) progress.set(id, file.progress.percentage ?? 0)
     }
     return progress
@@ -112,11 +114,13 @@ async function main() {
       return
     }
     uploaderOwner = session.user
+    if (companionEndpoint) session.setCookie(companionEndpoint)
     uploader = createUploader({
       api,
       target: $('dashboard'),
       limit: config.parallel_requests ?? 6,
       onNotice: (notice) => notices.show(notice),
+      companionEndpoint,
     })
     uploader.on('upload-success', () => fileList.refresh())
     uploader.on('upload', () => setTimeout(() => fileList.refresh(), 500))
@@ -132,6 +136,7 @@ async function main() {
     // still there for the DELETEs Uppy sends as it closes.
     uploader?.destroy()
     uploader = null
+    if (companionEndpoint) session.clearCookie(companionEndpoint)
     session.signOut()
     window.dropgateUploader = undefined
     $('session').hidden = true

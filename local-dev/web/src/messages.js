@@ -67,13 +67,21 @@ export function statusExplanation(file) {
 /** One sentence for an error of the API, of storage or of the network. */
 export function describeError(err, { filename } = {}) {
   const name = filename ? `“${filename}”` : 'This file'
-  const status = err?.status ?? err?.source?.status
-  // A part PUT that storage refused carries the XHR; S3 names the reason in <Code>.
-  const storageCode = /<Code>([^<]+)<\/Code>/.exec(err?.source?.responseText ?? '')?.[1]
+  // @uppy/aws-s3 6 reports storage's refusals as S3ServiceError (status, S3's <Code> as serviceCode, body)
+  // and a request the network dropped as S3NetworkError with code 'NETWORK' (6.3.1 src/s3-client/utils.ts
+  // and S3mini.ts). Told apart by their fields: a minified bundle renames the classes.
+  const fromStorage = isStorageError(err)
+  const status = err?.status
+  const storageCode = fromStorage
+    ? (err.serviceCode ?? /<Code>([^<]+)<\/Code>/.exec(err.body ?? '')?.[1])
+    : undefined
   if (storageCode === 'BadDigest' || storageCode === 'XAmzContentChecksumMismatch') {
     return `A part of ${name} was damaged on the way (its checksum did not match). Retry the upload.`
   }
-  if (err?.isNetwork || status === 0) {
+  if (fromStorage && ['EntityTooLarge', 'EntityTooSmall', 'SignatureDoesNotMatch'].includes(storageCode)) {
+    return `Storage refused ${name}: its size is not the one the upload was signed for. Add the file again.`
+  }
+  if (isNetworkError(err) || status === 0) {
     return 'The network connection was lost. Uploads retry by themselves; check your connection.'
   }
   switch (status) {
@@ -85,7 +93,7 @@ export function describeError(err, { filename } = {}) {
     case 401:
       return 'Your sign-in has expired. Please sign in again.'
     case 403:
-      if (err.source) return `Storage refused a part of ${name} (its signed URL did not match or has expired). Retry the upload.`
+      if (fromStorage) return `Storage refused ${name} (its signed URL did not match or has expired). Retry the upload.`
       return 'You are not allowed to do this (your account lacks the uploader role).'
     case 404:
       return `${name} no longer exists.`
@@ -115,4 +123,14 @@ export function describeError(err, { filename } = {}) {
       if (status >= 500) return `The server had a problem with ${name}. Retry in a moment.`
       return `${name} could not be uploaded: ${err?.detail ?? err?.message ?? 'unknown error'}.`
   }
+}
+
+/** A refusal from storage itself (the plugin's S3ServiceError), not from dropgate's API. */
+export function isStorageError(err) {
+  return typeof err?.status === 'number' && err !== null && 'serviceCode' in err
+}
+
+/** No answer at all: dropgate's API (ApiError status 0) or storage (the plugin's S3NetworkError). */
+export function isNetworkError(err) {
+  return err?.isNetwork === true || err?.code === 'NETWORK'
 }

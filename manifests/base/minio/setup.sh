@@ -81,7 +81,9 @@ done
   old_ifs=$IFS; IFS=,
   for origin in $DROPGATE_ALLOWED_ORIGINS; do echo "<AllowedOrigin>$origin</AllowedOrigin>"; done
   IFS=$old_ifs
-  echo "<AllowedMethod>PUT</AllowedMethod><AllowedMethod>GET</AllowedMethod><AllowedMethod>HEAD</AllowedMethod>"
+  # POST: POST policy forms and Uppy 6 starting/completing its multipart upload; DELETE: its abort.
+  echo "<AllowedMethod>PUT</AllowedMethod><AllowedMethod>POST</AllowedMethod><AllowedMethod>DELETE</AllowedMethod>"
+  echo "<AllowedMethod>GET</AllowedMethod><AllowedMethod>HEAD</AllowedMethod>"
   echo "<AllowedHeader>*</AllowedHeader>"
   echo "<ExposeHeader>ETag</ExposeHeader><ExposeHeader>x-amz-checksum-sha256</ExposeHeader>"
   echo "<ExposeHeader>x-amz-request-id</ExposeHeader><MaxAgeSeconds>3600</MaxAgeSeconds>"
