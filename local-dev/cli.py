@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--namespace", default=None, help="default: the namespace the overlay renders into")
     check.set_defaults(run=_preflight)
     ops.register(sub)
-    webhook_ops.register(sub)  # `webhooks replay`, `webhooks deliveries` (local-dev/webhook_ops.py)
+    webhook_ops.register(sub)  # `webhooks replay`, `deliveries`, `endpoints` (local-dev/webhook_ops.py)
     args = parser.parse_args(argv)
     return args.run(args)
 

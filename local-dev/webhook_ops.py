@@ -3,12 +3,14 @@
     dropgate-dev webhooks deliveries [--event-id X] [--endpoint ID] [--state failed]   the delivery log
     dropgate-dev webhooks replay --event-id X [--event-id Y ...] [--endpoint ID]       send events again
     dropgate-dev webhooks replay --since 2026-12-03T10:00Z --until 2026-12-03T12:00Z   ... by time range
+    dropgate-dev webhooks endpoints [--endpoint ID]                                    enabled or disabled, and why
 
 A replay makes the chosen deliveries pending and due now (shared/webhooks/log.py, audited), then
 wakes the retry sweep: the webhooks function sends them, from where it always sends, with its egress
 checks, under the same webhook-id as before. Locally through the router's `POST /pingsources/...`;
 on a cluster as the PingSource's event to the Broker (K_SINK, with the operator's token in
-DROPGATE_SINK_TOKEN_FILE, as `expire-now` does).
+DROPGATE_SINK_TOKEN_FILE, as `expire-now` does). A disabled endpoint (its receiver answered 410 Gone, or
+an admin disabled it) is not replayed to: naming it is refused with the reason, until an admin enables it.
 
 Where it connects: the local stack's database (`<data-dir>/stack.json`), or with `--environ` the
 DATABASE_URL of the environment.
@@ -34,12 +36,20 @@ from events.types import Ping
 from events.wire import parse_time
 from shared.platform.audit import Actor
 from shared.platform.delivery import EventSink
-from shared.webhooks.log import DeliveryRecord, ReplaySelection, delivery_log, replay
+from shared.webhooks.log import (
+    DeliveryRecord,
+    EndpointDisabled,
+    ReplaySelection,
+    delivery_log,
+    endpoints,
+    replay,
+)
 from shared.webhooks.model import DeliveryState
 
 SWEEP_PINGSOURCE: Final = "dropgate-webhooks"
 COLUMNS: Final = ["event_id", "event_type", "endpoint_id", "state", "attempts", "last_status", "next_attempt_at",
                   "last_error"]
+ENDPOINT_LISTING: Final = ["id", "url", "enabled", "disabled_at", "disabled_reason"]
 
 
 class WebhookOpsError(RuntimeError):
@@ -110,9 +120,16 @@ def _run_replay(args: argparse.Namespace) -> int:
     env, router = _connection(args)
     actor = Actor(f"operator:{args.operator or getpass.getuser()}")
     with _pool(env) as pool:
-        records = replay(pool, selection, actor)
+        try:
+            replayed = replay(pool, selection, actor)
+        except EndpointDisabled as exc:
+            raise WebhookOpsError(str(exc)) from None
+        records = replayed.records
+        if replayed.skipped_disabled:
+            print(f"left out {len(replayed.skipped_disabled)} disabled endpoint(s), enable them first: "
+                  f"{', '.join(map(str, replayed.skipped_disabled))}", file=sys.stderr)
         if not records:
-            raise WebhookOpsError("nothing to replay: no recorded event matches, or no endpoint wants them")
+            raise WebhookOpsError("nothing to replay: no recorded event matches, or no enabled endpoint wants them")
         if not args.no_sweep:
             ping_id = wake_sweep(env, router)
             print(f"replaying {len(records)} deliveries; sweep woken (ping {ping_id})", file=sys.stderr)
@@ -122,16 +139,30 @@ def _run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_deliveries(args: argparse.Namespace) -> int:
-    env, _ = _connection(args)
+def _endpoint_argument(args: argparse.Namespace) -> uuid.UUID | None:
     try:
-        endpoint = uuid.UUID(args.endpoint) if args.endpoint else None
+        return uuid.UUID(args.endpoint) if args.endpoint else None
     except ValueError:
         raise WebhookOpsError(f"--endpoint {args.endpoint!r} is not an endpoint id (a UUID)") from None
+
+
+def _run_deliveries(args: argparse.Namespace) -> int:
+    env, _ = _connection(args)
+    endpoint = _endpoint_argument(args)
     with _pool(env) as pool:
         records = delivery_log(pool, event_id=args.event_id, endpoint_id=endpoint,
                                state=DeliveryState(args.state) if args.state else None, limit=args.limit)
     _emit([r.as_dict() for r in records], args.json, COLUMNS)
+    return 0
+
+
+def _run_endpoints(args: argparse.Namespace) -> int:
+    env, _ = _connection(args)
+    endpoint = _endpoint_argument(args)
+    with _pool(env) as pool:
+        listed = endpoints(pool, endpoint)
+    # Endpoint.public() never holds a secret, so neither does this listing.
+    _emit([{name: e.public()[name] for name in ENDPOINT_LISTING} for e in listed], args.json, ENDPOINT_LISTING)
     return 0
 
 
@@ -146,7 +177,7 @@ def _guarded(run):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `webhooks replay` and `webhooks deliveries` to `dropgate-dev`'s subcommands."""
+    """Add `webhooks replay`, `webhooks deliveries` and `webhooks endpoints` to `dropgate-dev`'s subcommands."""
     webhooks = sub.add_parser("webhooks", help="the webhook delivery log, and replays (docs/webhooks.md)")
     commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
 
@@ -173,3 +204,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     log.add_argument("--state", choices=[s.value for s in DeliveryState], default=None)
     log.add_argument("--limit", type=int, default=100)
     log.set_defaults(run=_guarded(_run_deliveries))
+
+    listing = common(commands.add_parser("endpoints", help="the registered endpoints: enabled or disabled, and why"))
+    listing.set_defaults(run=_guarded(_run_endpoints))

@@ -92,18 +92,24 @@ def test_migrate_command_without_database_url_names_it(monkeypatch, capsys):
 def test_upload_row_has_one_field_per_column_of_uploads(fresh_database_url):
     """shared/uploads/model.py's UploadRow is the one home of an upload row's shape: it follows every migration."""
     apply_migrations(fresh_database_url)
-    with psycopg.connect(fresh_database_url) as conn:
+    assert_fields_follow_the_table(fresh_database_url, "uploads", UploadRow)
+
+
+def assert_fields_follow_the_table(url: str, table: str, row_type: type) -> list[str]:
+    """`row_type`'s fields are `table`'s columns in order, `| None` exactly where NULL fits; the names."""
+    with psycopg.connect(url) as conn:
         columns = conn.execute("SELECT column_name, is_nullable FROM information_schema.columns"
-                               " WHERE table_schema = 'public' AND table_name = 'uploads'"
-                               " ORDER BY ordinal_position").fetchall()
-    fields = [field.name for field in dataclasses.fields(UploadRow)]
+                               " WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
+                               (table,)).fetchall()
+    fields = [field.name for field in dataclasses.fields(row_type)]
     names = [name for name, _ in columns]
-    assert fields == names, (f"UploadRow lacks {sorted(set(names) - set(fields))}, has no column for "
+    assert fields == names, (f"{row_type.__name__} lacks {sorted(set(names) - set(fields))}, has no column for "
                              f"{sorted(set(fields) - set(names))}; its fields follow the table's column order")
-    hints = typing.get_type_hints(UploadRow)
+    hints = typing.get_type_hints(row_type)
     optional = {name for name, hint in hints.items()
                 if isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)}
     assert optional == {name for name, nullable in columns if nullable == "YES"}, "`| None` exactly where NULL fits"
+    return names
 
 
 def test_a_whole_uploads_row_reads_as_an_upload_row(fresh_database_url):
@@ -195,3 +201,25 @@ def test_the_database_check_caches_a_current_schema_and_only_that(fresh_database
         assert reads == [], "a schema seen current is not read again"
         with pytest.raises(migrate.SchemaNotCurrent):
             DatabaseCheck(lambda: pool)()  # a new instance (another pod) reads it
+
+
+def test_endpoint_has_one_field_per_column_of_webhook_endpoints(fresh_database_url):
+    """shared/webhooks/model.py's Endpoint (and ENDPOINT_COLUMNS, what every query selects) follow the table too."""
+    from shared.webhooks.model import ENDPOINT_COLUMNS, Endpoint
+
+    apply_migrations(fresh_database_url)
+    names = assert_fields_follow_the_table(fresh_database_url, "webhook_endpoints", Endpoint)
+    assert ENDPOINT_COLUMNS.split(", ") == names
+
+
+def test_a_disabled_endpoint_needs_its_reason(fresh_database_url):
+    """0010: disabled_at and disabled_reason are set and cleared together, so a disabled endpoint always says why."""
+    apply_migrations(fresh_database_url)
+    insert = ("INSERT INTO webhook_endpoints (id, url, secret, created_by, disabled_at, disabled_reason)"
+              " VALUES (gen_random_uuid(), 'https://h.example/x', 'whsec_x', 'tests', %s, %s)")
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute(insert, (None, None))
+        conn.execute(insert, ("2026-12-03T10:00:00Z", "disabled by carol at 2026-12-03T10:00:00Z"))
+        for half in (("2026-12-03T10:00:00Z", None), (None, "a reason without a time")):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(insert, half)

@@ -76,10 +76,12 @@ def test_a_retried_file_gets_its_pending_upload_back(presign, idp, database_url)
 def test_sign_request_multipart_upload_from_create_to_complete(presign, idp, s3, unwatched, database_url) -> None:
     token = idp.token(user())
     data = payload(12 * MIB + 5, seed=22)
-    created = sign(presign, token, method="POST", key="uppy-file-id", contentType="application/octet-stream",
-                   size=len(data), filename="clip.bin")
+    # The plugin's CreateMultipartUpload request has no contentType: the page adds the file's `type`.
+    created = sign(presign, token, method="POST", key="uppy-file-id", type="application/pdf",
+                   size=len(data), filename="clip.pdf")
     assert created.status == 200, created.body
     key = created.json()["key"]
+    assert created.json()["headers"]["Content-Type"] == "application/pdf", "the declared type is signed in"
     started = send(created.json(), "POST", content_type="application/octet-stream")
     assert started.status == 200, started.body
     storage_upload_id = XML_UPLOAD_ID.search(started.body).group(1).decode()
@@ -100,7 +102,8 @@ def test_sign_request_multipart_upload_from_create_to_complete(presign, idp, s3,
     done = send(finish.json(), "POST", f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>".encode(),
                 content_type="application/xml")
     assert done.status == 200, done.body
-    assert s3.get_object(Bucket=unwatched.uploads_bucket, Key=key)["Body"].read() == data
+    stored = s3.get_object(Bucket=unwatched.uploads_bucket, Key=key)
+    assert stored["Body"].read() == data and stored["ContentType"] == "application/pdf"
 
 
 def test_sign_request_refusals_say_why(presign, idp, database_url) -> None:

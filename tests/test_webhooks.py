@@ -29,6 +29,7 @@ from events.types import (
     SCAN_CLEAN,
     SCAN_INFECTED,
     SCAN_REJECTED,
+    SCAN_UNSCANNABLE,
     PassCompleted,
     ScanVerdict,
 )
@@ -434,6 +435,144 @@ def test_replay_by_event_id_and_by_time_range_from_the_cli(stack, database_url, 
         replays = conn.execute("SELECT actor, detail FROM audit_log WHERE action = 'webhook.replayed'"
                                " AND detail->>'endpoint_id' = %s ORDER BY id", (endpoint["id"],)).fetchall()
     assert len(replays) == 2 and replays[0][0].startswith("operator:") and replays[0][1]["deliveries"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- disabled endpoints
+
+
+def patch_endpoint(presign: str, token: str, endpoint_id: str, body: dict):
+    return call("PATCH", f"{presign}/admin/webhooks/{endpoint_id}", json_body=body, token=token)
+
+
+def audit_entries(database_url: str, endpoint_id: str) -> list[tuple[str, str, dict]]:
+    """(actor, action, detail) of an endpoint's audit rows, oldest first."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT actor, action, detail FROM audit_log WHERE detail->>'endpoint_id' = %s"
+                            " ORDER BY id", (endpoint_id,)).fetchall()
+
+
+def wait_for_endpoint(presign: str, token: str, endpoint_id: str, done, timeout: float = 30) -> dict:
+    """The admin API's view of an endpoint once `done` holds (a 410 is recorded just after the receiver answers)."""
+    deadline = time.monotonic() + timeout
+    while not done(state := call("GET", f"{presign}/admin/webhooks/{endpoint_id}", token=token).json()):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.3)
+    return state
+
+
+def test_a_410_disables_the_endpoint_until_an_admin_enables_it(stack, running_functions, database_url, endpoints,
+                                                               admin, capsys) -> None:
+    """Standard Webhooks on 410 Gone: "Sender should disable the webhook endpoint, and stop sending it messages"."""
+    from dropgate_local.cli import main as cli
+
+    presign, token = running_functions["presign"], admin["admin"]
+    gone, witness = Receiver(status=503, headers={"Retry-After": "3600"}).start(), Receiver().start()
+    try:
+        endpoint = endpoints(gone.url, [SCAN_UNSCANNABLE])
+        endpoints(witness.url, [SCAN_UNSCANNABLE])  # once it has an event, that event's fan-out is over
+        _, waiting_id = publish(stack, "unscannable")  # 503: pending, its retry an hour away
+        wait_for_row(database_url, endpoint["id"], waiting_id, lambda r: r["attempts"] == 1)
+        gone.status = 410
+        _, gone_id = publish(stack, "unscannable")
+        assert len(gone.wait_for(gone_id)) == 1
+        state = wait_for_endpoint(presign, token, endpoint["id"], lambda e: not e["enabled"])
+        reason, heard = state["disabled_reason"], len(gone.received)  # nothing may reach it from here on
+        assert reason.startswith(f"answered 410 Gone to {gone_id} at ") and state["disabled_at"], state
+        row = delivery(database_url, endpoint["id"], gone_id)
+        assert (row["state"], row["last_status"], row["attempts"]) == ("failed", 410, 1)
+        # What was waiting for a retry fails with it, saying why, so a replay can send it once enabled.
+        waiting = delivery(database_url, endpoint["id"], waiting_id)
+        assert (waiting["state"], waiting["next_attempt_at"]) == ("failed", None)
+        assert waiting["last_error"] == f"endpoint disabled: {reason}; enable it, then replay"
+        [(actor, detail)] = [(a, d) for a, action, d in audit_entries(database_url, endpoint["id"])
+                             if action == "webhook.endpoint_disabled"]
+        assert actor == "system:webhooks" and (detail["reason"], detail["webhook_id"], detail["status"],
+                                               detail["pending_failed"]) == (reason, gone_id, 410, 1)
+        # The next event: no delivery at all for it, nothing at the receiver.
+        _, later_id = publish(stack, "unscannable")
+        witness.wait_for(later_id)
+        assert delivery(database_url, endpoint["id"], later_id) is None
+        # A delivery made pending after the disable (a replay racing it) is failed by the sweep, not sent.
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = now()"
+                         " WHERE endpoint_id = %s AND message_id = %s", (endpoint["id"], waiting_id))
+        fire_sweep(stack)
+        raced = wait_for_row(database_url, endpoint["id"], waiting_id, lambda r: r["state"] != "pending")
+        assert raced["state"] == "failed" and raced["last_error"].startswith("endpoint disabled: answered 410")
+        assert len(gone.received) == heard and len(gone.deliveries_of(gone_id)) == 1  # nothing since the 410
+        # The operator sees why, and cannot replay to it while it is disabled.
+        listed = run_cli(stack, "endpoints", "--endpoint", endpoint["id"], capsys=capsys)
+        assert [(e["id"], e["enabled"], e["disabled_reason"]) for e in listed] == [(endpoint["id"], False, reason)]
+        assert cli(["--data-dir", str(stack.data_dir), "webhooks", "replay", "--event-id", waiting_id,
+                    "--endpoint", endpoint["id"]]) == 2
+        refusal = capsys.readouterr().err
+        assert "is disabled" in refusal and reason in refusal and '{"enabled": true}' in refusal, refusal
+        assert delivery(database_url, endpoint["id"], waiting_id)["state"] == "failed"  # not requeued
+        # Enabled again through the admin API (audited): the next event is delivered, and verifies.
+        enabled = patch_endpoint(presign, token, endpoint["id"], {"enabled": True})
+        assert enabled.status == 200, enabled.body
+        assert (enabled.json()["enabled"], enabled.json()["disabled_at"], enabled.json()["disabled_reason"]) == (
+            True, None, None)
+        actor, action, detail = audit_entries(database_url, endpoint["id"])[-1]
+        assert (actor, action, detail["disabled_reason"]) == ("admin-webhooks", "webhook.endpoint_enabled", reason)
+        gone.status = 204
+        event, back_id = publish(stack, "unscannable")
+        [back] = gone.wait_for(back_id)
+        assert verified(endpoint["secret"], back)["id"] == event.id
+        # And what failed while it was disabled, replayed, is sent now.
+        rows = run_cli(stack, "replay", "--event-id", waiting_id, "--endpoint", endpoint["id"], "--wait", "30",
+                       capsys=capsys)
+        assert [(r["message_id"], r["state"]) for r in rows] == [(waiting_id, "delivered")]
+        assert verified(endpoint["secret"], gone.wait_for(waiting_id, count=2)[-1])["type"] == SCAN_UNSCANNABLE
+    finally:
+        gone.stop()
+        witness.stop()
+
+
+def test_an_admin_disables_and_enables_an_endpoint_by_hand(stack, running_functions, database_url, endpoints, admin,
+                                                           receiver) -> None:
+    presign, token = running_functions["presign"], admin["admin"]
+    witness = Receiver().start()
+    try:
+        endpoint = endpoints(receiver.url, [SCAN_UNSCANNABLE])
+        endpoints(witness.url, [SCAN_UNSCANNABLE])
+        off = patch_endpoint(presign, token, endpoint["id"], {"enabled": False})
+        assert off.status == 200 and off.json()["enabled"] is False, off.body
+        reason, heard = off.json()["disabled_reason"], len(receiver.received)
+        assert reason.startswith("disabled by admin-webhooks at ") and off.json()["disabled_at"]
+        listed = call("GET", f"{presign}/admin/webhooks", token=token).json()["endpoints"]
+        assert [e["enabled"] for e in listed if e["id"] == endpoint["id"]] == [False]  # still registered, shown
+        _, skipped_id = publish(stack, "unscannable")
+        witness.wait_for(skipped_id)
+        assert delivery(database_url, endpoint["id"], skipped_id) is None and len(receiver.received) == heard
+        # Disabling a disabled endpoint keeps its first reason and writes nothing; so does enabling an enabled one.
+        assert patch_endpoint(presign, token, endpoint["id"], {"enabled": False}).json()["disabled_reason"] == reason
+        assert patch_endpoint(presign, token, endpoint["id"], {"enabled": True}).json()["enabled"] is True
+        assert patch_endpoint(presign, token, endpoint["id"], {"enabled": True}).status == 200
+        _, sent_id = publish(stack, "unscannable")
+        assert verified(endpoint["secret"], receiver.wait_for(sent_id)[0])["type"] == SCAN_UNSCANNABLE
+        assert [(a, action) for a, action, _ in audit_entries(database_url, endpoint["id"])] == [
+            ("admin-webhooks", "webhook.endpoint_created"), ("admin-webhooks", "webhook.endpoint_disabled"),
+            ("admin-webhooks", "webhook.endpoint_enabled")]
+    finally:
+        witness.stop()
+
+
+def test_enabled_must_be_a_boolean_and_is_for_updates_only(running_functions, database_url, endpoints, admin,
+                                                           receiver) -> None:
+    presign, token = running_functions["presign"], admin["admin"]
+    endpoint = endpoints(receiver.url, [SCAN_UNSCANNABLE])
+    for body in ({"enabled": "yes"}, {"enabled": "false"}, {"enabled": 0}, {"enabled": None}):
+        answer = patch_endpoint(presign, token, endpoint["id"], body)
+        assert answer.status == 400 and "enabled: true or false" in answer.json()["detail"], (body, answer.body)
+    both = patch_endpoint(presign, token, endpoint["id"], {"enabled": "no", "colour": "red"}).json()["detail"]
+    assert "unknown fields: colour" in both and "enabled: true or false" in both  # every problem named
+    created = call("POST", f"{presign}/admin/webhooks", json_body={"url": receiver.url, "enabled": False}, token=token)
+    assert created.status == 400 and "unknown fields: enabled" in created.json()["detail"], created.body
+    assert patch_endpoint(presign, token, str(uuid.uuid4()), {"enabled": True}).status == 404
+    assert patch_endpoint(presign, admin["uploader"], endpoint["id"], {"enabled": False}).status == 403
+    assert call("GET", f"{presign}/admin/webhooks/{endpoint['id']}", token=token).json()["enabled"] is True
+    assert [action for _, action, _ in audit_entries(database_url, endpoint["id"])] == ["webhook.endpoint_created"]
 
 
 # ---------------------------------------------------------------------------------------------- SSRF

@@ -24,15 +24,18 @@ from shared.scanning.service import (
     ScanResult,
 )
 from shared.uploads.vitals import uploads_source
+from shared.webhooks.vitals import webhooks_source
 
 instance = FunctionInstance("scan", ["storage", "database", "clamd", "content", "events", "event_auth",
                                      "observability"])
 settings = instance.settings
 policy = ContentPolicy.from_settings(settings.content)
-# The deployment's vitals (backlog, clamd, dead letters) on scan's /metrics: the prod overlay keeps it warm.
+# The deployment's vitals (backlog, clamd, dead letters, webhook deliveries) on scan's /metrics: the prod
+# overlay keeps it warm.
 vitals.serve(vitals.VitalsCollector(
     [uploads_source(lambda: instance.db), dead_letters_source(lambda: instance.db),
-     vitals.clamd_source(settings.clamd)], ttl=settings.observability.vitals_cache_seconds))
+     webhooks_source(lambda: instance.db), vitals.clamd_source(settings.clamd)],
+    ttl=settings.observability.vitals_cache_seconds))
 
 
 def object_scanner() -> ObjectScanner:

@@ -112,11 +112,16 @@ VITALS: Final = {
         "gauge", "Uploads the reconcile pass re-drove in the last hour: their storage notification was lost"),
     "dropgate_dead_letters_recorded": (
         "counter", "Events that exhausted their retries, as the dead-letter Job recorded them in the database"),
+    "dropgate_webhook_deliveries_pending": ("gauge", "Webhook deliveries not delivered yet, being retried"),
+    "dropgate_webhook_deliveries_oldest_pending_seconds": (
+        "gauge", "Age of the oldest webhook delivery still being retried (0 when none waits)"),
+    "dropgate_webhook_deliveries_failed_last_day": (
+        "gauge", "Webhook deliveries given up on in the last day (attempts spent, address refused, 410): replay them"),
     "dropgate_clamd_up": ("gauge", "1 when clamd answered VERSION, 0 when it did not"),
     "dropgate_clamd_signature_version": ("gauge", "Version of clamd's daily signature database"),
     "dropgate_clamd_signature_age_seconds": ("gauge", "Age of clamd's signature database, from its build time"),
     "dropgate_vitals_up": (
-        "gauge", ("1 when the last read of a vitals source (label source: uploads, dead_letters, clamd) "
+        "gauge", ("1 when the last read of a vitals source (label source: uploads, dead_letters, webhooks, clamd) "
                   "succeeded, 0 when it failed and its vitals are missing")),
 }
 

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from shared.platform.audit import Actor
 from shared.platform.auth import Principal
-from shared.platform.errors import BadRequest, Forbidden, NotFound, SizeRequired
+from shared.platform.errors import BadRequest, Conflict, Forbidden, NotFound, SizeRequired
 from shared.platform.settings import LimitSettings, StorageSettings
 from shared.platform.sigv4 import PostPolicy, PresignedUrl, PresignSigner
 from shared.platform.storage import sse_headers
@@ -100,7 +100,9 @@ class SignRequest:
         size = body.get("size")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise BadRequest("size: expected the file's length in bytes")
-        content_type, filename = body.get("contentType"), body.get("filename")
+        # CreateMultipartUpload's request carries no contentType (the plugin sends the file's type to storage
+        # itself): the page adds the file's `type`, which the plugin's PutObject request names contentType.
+        content_type, filename = body.get("contentType") or body.get("type"), body.get("filename")
         return cls(operation=operation, key=key, storage_upload_id=upload_id,
                    part_number=part_number if operation == S3Operation.UPLOAD_PART else None,
                    content_type=content_type if isinstance(content_type, str) else None, size=size,
@@ -150,7 +152,7 @@ class BrowserS3:
         if request.operation == S3Operation.ABORT_MULTIPART_UPLOAD:
             self._uploads.abort(principal, str(upload.id), actor, in_storage=False)
         elif upload.status != UploadStatus.PENDING:
-            raise BadRequest(f"upload is {upload.status}, not pending")
+            raise Conflict(f"upload is {upload.status}, not pending")
         method = {S3Operation.LIST_PARTS: "GET", S3Operation.COMPLETE_MULTIPART_UPLOAD: "POST",
                   S3Operation.ABORT_MULTIPART_UPLOAD: "DELETE"}[request.operation]
         signed = self._presign(method, upload, query={"uploadId": upload.storage_upload_id or ""})

@@ -13,6 +13,9 @@ Rows are claimed by moving next_attempt_at past the attempt's own time limit (a 
 transaction, never held locked over an HTTP call: two sweeps, or a sweep and a fan-out, never send
 the same delivery at once, and a process that dies mid-attempt leaves the row due again when the
 lease ends.
+
+A 410 Gone disables the endpoint (shared/webhooks/disabling.py, the spec's advice): the fan-out then
+leaves it out, and the sweep fails what is still pending for it instead of sending it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 from psycopg.rows import class_row, tuple_row
 from psycopg_pool import ConnectionPool
 
@@ -30,7 +34,9 @@ from shared.platform import egress
 from shared.platform.egress import EgressPolicy, EgressRefused
 from shared.platform.logs import log_event
 from shared.platform.settings_webhooks import WebhookSettings
+from shared.webhooks import disabling
 from shared.webhooks.model import (
+    ENDPOINT_COLUMNS,
     DeliveryState,
     Endpoint,
     WebhookMessage,
@@ -40,9 +46,7 @@ from shared.webhooks.model import (
 logger = logging.getLogger("dropgate.webhooks")
 
 MAX_RETRY_AFTER = timedelta(hours=24)
-GONE = 410  # "no longer interested": the spec says stop sending, so no retry
-_ENDPOINT_COLUMNS = ("id, url, event_types, description, secret, previous_secret, previous_secret_expires_at, "
-                     "created_by, created_at, updated_at, deleted_at")
+GONE = 410  # "no longer interested": the spec says disable the endpoint and stop sending (disabling.py)
 _MESSAGE_COLUMNS = "message_id, event_id, event_source, event_type, occurred_at, payload"
 
 
@@ -78,6 +82,7 @@ class DispatchSummary:
     retrying: int = 0
     failed: int = 0
     left_for_sweep: int = 0
+    disabled_endpoint: int = 0  # not sent: its endpoint is disabled (failed, for a replay once enabled)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -102,7 +107,7 @@ class Dispatcher:
                          (message.message_id, message.event_id, message.event_source, message.event_type,
                           message.occurred_at, message.payload))
             endpoints = conn.cursor(row_factory=class_row(Endpoint)).execute(
-                f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE deleted_at IS NULL"
+                f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE deleted_at IS NULL AND disabled_at IS NULL"
                 " AND (cardinality(event_types) = 0 OR %s = ANY(event_types))", (message.event_type,)).fetchall()
             # A redelivered event (Knative retried, or a duplicate) finds its rows there already: the sweep owns them.
             claimed = {row[0] for row in conn.cursor(row_factory=tuple_row).execute(
@@ -129,6 +134,9 @@ class Dispatcher:
     def _claim_due(self) -> list[Job]:
         lease_until = datetime.now(UTC) + self._lease
         with self._pool.connection() as conn, conn.transaction():
+            # First, so nothing claimed below belongs to a disabled endpoint.
+            if failed := disabling.fail_pending_of_disabled(conn):
+                log_event(logger, "webhook deliveries of disabled endpoints failed", logging.WARNING, failed=failed)
             claimed = conn.cursor(row_factory=tuple_row).execute(
                 "UPDATE webhook_deliveries d SET next_attempt_at = %s FROM ("
                 "  SELECT endpoint_id, message_id FROM webhook_deliveries"
@@ -140,7 +148,7 @@ class Dispatcher:
             if not claimed:
                 return []
             endpoints = {e.id: e for e in conn.cursor(row_factory=class_row(Endpoint)).execute(
-                f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ANY(%s)",
+                f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ANY(%s)",
                 ([row[0] for row in claimed],)).fetchall()}
             messages = {m.message_id: m for m in conn.cursor(row_factory=class_row(WebhookMessage)).execute(
                 f"SELECT {_MESSAGE_COLUMNS} FROM webhook_events WHERE message_id = ANY(%s)",
@@ -150,13 +158,19 @@ class Dispatcher:
     def _run(self, jobs: list[Job], *, deadline: float | None = None) -> DispatchSummary:
         summary = DispatchSummary()
         deadline = deadline or time.monotonic() + self._settings.time_budget_seconds
+        gone = set()  # endpoints that answered 410 in this batch: disabled, and their other jobs failed with them
         for index, job in enumerate(jobs):
             if time.monotonic() >= deadline:
                 # Handed back to the sweep now rather than when the lease ends.
                 self._release(jobs[index:])
                 summary.left_for_sweep += len(jobs) - index
                 break
+            if job.endpoint.id in gone:
+                summary.disabled_endpoint += 1
+                continue
             attempt = self.attempt(job.endpoint, job.message)
+            if attempt.status == GONE:
+                gone.add(job.endpoint.id)
             state = self._record(job, attempt)
             summary.attempted += 1
             summary.delivered += state is DeliveryState.DELIVERED
@@ -196,21 +210,33 @@ class Dispatcher:
             # Counted from the answer (or the timeout), not from when the attempt began.
             state, next_at = DeliveryState.PENDING, datetime.now(UTC) + self._delay(number, attempt.retry_after)
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute(
-                "UPDATE webhook_deliveries SET state = %s, attempts = %s, next_attempt_at = %s, last_attempt_at = %s,"
-                " last_status = %s, last_error = %s, delivered_at = CASE WHEN %s THEN %s ELSE delivered_at END"
-                " WHERE endpoint_id = %s AND message_id = %s",
-                (state, number, next_at, now, attempt.status, attempt.error, attempt.delivered, now,
-                 job.endpoint.id, job.message.message_id))
-            conn.execute("INSERT INTO webhook_attempts (endpoint_id, message_id, attempt, at, status, error,"
-                         " duration_ms) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                         (job.endpoint.id, job.message.message_id, number, now, attempt.status, attempt.error,
-                          attempt.duration_ms))
+            self._write(conn, job, attempt, state, number, next_at, now)
+            # In the transaction that records the 410, so the attempt is never recorded without its consequence.
+            disabled = attempt.status == GONE and disabling.disable(
+                conn, job.endpoint.id, disabling.gone_reason(job.message.message_id, now), disabling.SYSTEM_ACTOR, now,
+                webhook_id=job.message.message_id, event_id=job.message.event_id, status=GONE)
         log_event(logger, "webhook attempt", logging.INFO if attempt.delivered else logging.WARNING,
                   endpoint_id=str(job.endpoint.id), webhook_id=job.message.message_id, event_id=job.message.event_id,
                   event_type=job.message.event_type, attempt=number, status=attempt.status, error=attempt.error,
                   outcome=str(state), next_attempt_at=next_at.isoformat() if next_at else None)
+        if disabled:
+            log_event(logger, "webhook endpoint disabled", logging.WARNING, endpoint_id=str(job.endpoint.id),
+                      url=job.endpoint.url, reason=disabling.gone_reason(job.message.message_id, now))
         return state
+
+    @staticmethod
+    def _write(conn: psycopg.Connection, job: Job, attempt: Attempt, state: DeliveryState, number: int,
+               next_at: datetime | None, now: datetime) -> None:
+        conn.execute(
+            "UPDATE webhook_deliveries SET state = %s, attempts = %s, next_attempt_at = %s, last_attempt_at = %s,"
+            " last_status = %s, last_error = %s, delivered_at = CASE WHEN %s THEN %s ELSE delivered_at END"
+            " WHERE endpoint_id = %s AND message_id = %s",
+            (state, number, next_at, now, attempt.status, attempt.error, attempt.delivered, now,
+             job.endpoint.id, job.message.message_id))
+        conn.execute("INSERT INTO webhook_attempts (endpoint_id, message_id, attempt, at, status, error,"
+                     " duration_ms) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                     (job.endpoint.id, job.message.message_id, number, now, attempt.status, attempt.error,
+                      attempt.duration_ms))
 
     def _delay(self, attempts: int, retry_after: str | None) -> timedelta:
         base = self._settings.retry_delays_seconds[attempts - 1] * random.uniform(0.9, 1.1)

@@ -45,6 +45,9 @@ from events.wire import InvalidEvent, format_time
 SECRET_PREFIX: Final = "whsec_"
 SECRET_BYTES: Final = 32
 MESSAGE_PREFIX: Final = "msg_"
+# A webhook_endpoints row as Endpoint reads it, in the table's column order (tests/test_migrations.py holds them together).
+ENDPOINT_COLUMNS: Final = ("id, url, event_types, description, secret, previous_secret, previous_secret_expires_at, "
+                           "created_by, created_at, updated_at, deleted_at, disabled_at, disabled_reason")
 
 # dropgate's own events, the ones a subscriber outside the cluster may be told about. Storage events
 # and pings are internal plumbing; their Triggers never reach the webhooks function.
@@ -63,7 +66,7 @@ class DeliveryState(StrEnum):
 
     PENDING = "pending"  # not delivered yet; the sweep tries it at next_attempt_at
     DELIVERED = "delivered"  # the receiver answered 2xx
-    FAILED = "failed"  # attempts spent, address refused or 410 Gone: only a replay sends it again
+    FAILED = "failed"  # attempts spent, address refused, 410 Gone or endpoint disabled: only a replay sends it again
 
 
 def new_secret() -> str:
@@ -118,6 +121,13 @@ class Endpoint:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    # Set on a 410 Gone (the spec: disable it, stop sending) or by an admin; only an admin clears it.
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_at is None
 
     def wants(self, event_type: str) -> bool:
         return not self.event_types or event_type in self.event_types
@@ -133,7 +143,8 @@ class Endpoint:
                 "all_event_types": not self.event_types, "description": self.description,
                 "created_by": self.created_by, "created_at": self.created_at.isoformat(),
                 "updated_at": self.updated_at.isoformat(),
-                "previous_secret_expires_at": _iso(self.previous_secret_expires_at)}
+                "previous_secret_expires_at": _iso(self.previous_secret_expires_at),
+                "enabled": self.enabled, "disabled_at": _iso(self.disabled_at), "disabled_reason": self.disabled_reason}
 
 
 def signed_headers(message_id_: str, payload: str, secrets_: list[str], at: datetime) -> dict[str, str]:
