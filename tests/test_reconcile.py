@@ -97,7 +97,7 @@ def completed_upload_row() -> UploadRow:
         scan_detail=None, scanned_at=None, legal_hold=False, storage_sequencer=None, storage_event_time=None,
         created_at=created, updated_at=created, completed_at=created, expires_at=created + timedelta(days=30),
         status_reason=None, redrive_attempts=0, last_redrive_at=None, detected_type=None, signature_version=None,
-        rescan_requested_version=None, client_ref=None)
+        rescan_requested_version=None, client_ref=None, scanned_etag=None)
 
 
 def test_the_event_is_the_object_created_event_scan_accepts() -> None:

@@ -167,6 +167,20 @@ def test_a_post_policy_stores_exactly_the_declared_length_at_the_fixed_key(backe
     assert stored["ContentType"] == "application/pdf" and stored["Metadata"] == {"upload-id": "x"}
 
 
+def test_a_put_signed_with_if_none_match_cannot_replace_the_object(backend) -> None:
+    """Uppy 6's PutObject URLs are signed with `If-None-Match: *` (AWS conditional writes): used again, even
+    within its expiry, the URL cannot replace what was stored (and later scanned). Both servers enforce it."""
+    _, settings = backend
+    s3, key, bucket = create_s3_client(settings), f"contract/{uuid.uuid4()}", settings.uploads_bucket
+    data = os.urandom(1000)
+    signed = _signer(settings).presign("PUT", bucket, key, headers={"Content-Length": str(len(data)),
+                                                                    "If-None-Match": "*"}, expires_in=300)
+    assert _put(signed.url, signed.headers, data)[0] == 200
+    status, _, body = _put(signed.url, signed.headers, os.urandom(len(data)))
+    assert status == 412 and b"PreconditionFailed" in body, body
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+
+
 def test_an_aborted_multipart_upload_is_gone(backend) -> None:
     _, settings = backend
     s3, key = create_s3_client(settings), f"contract/{uuid.uuid4()}"

@@ -8,6 +8,7 @@ plugin does. The browser end to end runs in tests/test_browser_uppy.py; here eac
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
@@ -16,6 +17,9 @@ import pytest
 import urllib3
 
 from dropgate_local.client import Reply, call, split
+from dropgate_local.devauth import DevSigningKey, issuer_url
+from dropgate_local.stack import HOST
+from tests.conftest import EICAR
 from tests.test_presign import MIB, idp, payload, presign, row, s3, user  # noqa: F401 - fixtures
 
 XML_UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
@@ -49,6 +53,8 @@ def test_sign_request_put_object_is_registered_and_bound_to_the_declared_length(
     assert send(signed, "PUT", data + b"x").status == 403, "one byte more than declared"
     assert send(signed, "PUT", data[:-1]).status == 403, "one byte less"
     assert send(signed, "PUT", data).status == 200
+    again = send(signed, "PUT", payload(len(data), seed=99))
+    assert again.status == 412, "the URL cannot replace what it stored (If-None-Match: *), within its expiry too"
     stored = s3.get_object(Bucket=unwatched.uploads_bucket, Key=key)
     assert stored["Body"].read() == data and stored["ContentType"] == "application/pdf"
     assert stored["Metadata"]["upload-id"] == str(upload["id"]), "the object names its upload, as presign's do"
@@ -210,3 +216,46 @@ def test_the_bucket_lets_the_web_origin_post_and_delete(stack, storage, method) 
         "Access-Control-Request-Headers": "content-type,x-amz-meta-upload-id"})
     assert reply.status == 200, reply.body
     assert method in reply.header("Access-Control-Allow-Methods")
+
+
+def test_an_object_replaced_after_its_clean_verdict_is_not_served_and_is_judged_again(stack, running_functions,
+                                                                                       database_url) -> None:
+    """A POST policy stays valid for minutes and storage cannot make a form upload conditional, so its owner
+    can send other bytes of the same length after the clean verdict. Through the real pipeline: the
+    download is refused the moment storage holds another object than the judged one, and the storage
+    event sends the upload back to the scan, which finds the EICAR."""
+    presign = running_functions["presign"]
+    key_pair = DevSigningKey.load_or_create(stack.data_dir / "dev-oidc")
+    token = key_pair.mint(subject=user(), roles=["uploader"], issuer=issuer_url(HOST, stack.ports.dev_oidc))
+    harmless = b"x" * len(EICAR)
+    query = urlencode({"filename": "note.txt", "type": "text/plain", "metadata[size]": str(len(harmless))})
+    answer = call("GET", f"{presign}/s3/params?{query}", token=token).json()
+    upload_id = answer["fields"]["key"].rsplit("/", 1)[-1]
+
+    def post(body: bytes) -> int:
+        form, content_type = urllib3.encode_multipart_formdata([*answer["fields"].items(), ("file", ("n", body))])
+        return urllib3.request("POST", answer["url"], body=form, headers={"Content-Type": content_type},
+                               retries=False).status
+
+    def status() -> str:
+        return row(database_url, upload_id)["status"]
+
+    assert post(harmless) in (200, 204)
+    wait_for(lambda: status() == "clean", "the harmless file's clean verdict")
+    assert call("GET", f"{presign}/files/{upload_id}/download", token=token).status == 200
+    assert post(EICAR) in (200, 204), "storage takes the form again: nothing in S3 can make a POST conditional"
+    refused = call("GET", f"{presign}/files/{upload_id}/download", token=token)
+    assert refused.status == 409 and "changed after it was checked" in refused.json()["detail"], refused.body
+    wait_for(lambda: status() == "infected", "the replacement judged again")
+    assert call("GET", f"{presign}/files/{upload_id}/download", token=token).status == 403
+    with psycopg.connect(database_url) as conn:
+        actions = [a for (a,) in conn.execute("SELECT action FROM audit_log WHERE upload_id = %s ORDER BY id",
+                                              (upload_id,))]
+    assert "upload.replaced_after_verdict" in actions, actions
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)

@@ -68,7 +68,7 @@ def scan_event(event):
     # An operator's rescan asks clamd to read the bytes again: no earlier finding is reused for it.
     result = object_scanner().scan(created.bucket, created.key, event_id=created.id,
                                    rescan_for_version=int(wanted) if str(wanted or "").isdigit() else None,
-                                   reuse_verdicts=operator_rescan is None)
+                                   reuse_verdicts=operator_rescan is None, etag=created.etag)
     return None if result is None else verdict_event(result, operator_rescan).to_cloudevent()
 
 

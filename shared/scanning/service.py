@@ -68,6 +68,7 @@ from shared.uploads.model import (
     upload_row,
     values,
 )
+from shared.uploads.requests import normalise_etag
 
 T = TypeVar("T")
 logger = logging.getLogger("dropgate.scan")
@@ -149,13 +150,15 @@ class ObjectScanner:
         self._lock_wait_seconds = clamd.timeout_seconds + 60
 
     def scan(self, bucket: str, key: str, event_id: str, *, rescan_for_version: int | None = None,
-             reuse_verdicts: bool = True) -> ScanResult | None:
+             reuse_verdicts: bool = True, etag: str | None = None) -> ScanResult | None:
         """Scan the object an "object created" event names; None when there is nothing to answer.
 
         `rescan_for_version`: a rescan asked for by the reconcile pass after clamd's signature
         database reached that version; a file already scanned at that version (or later) is
         not read again, and only a new detection changes it. `reuse_verdicts=False`: clamd reads
         the bytes even when an earlier upload's finding could be reused (an operator's rescan).
+        `etag`: the event's object. Another ETag than the one a downloadable verdict was about means the
+        judged object was replaced (a one-write credential used again): the upload is judged again.
         """
         with self._object_lock(bucket, key):
             if rescan_for_version is not None:
@@ -166,10 +169,33 @@ class ObjectScanner:
                 return None
             bind(upload_id=str(upload.id))
             if upload.status in VERDICTS:
-                log_event(logger, "verdict already written; answered with it", outcome="already_decided",
-                          verdict=upload.status)
-                return self._result_from_row(upload, already_decided=True)
+                replaced = self._reopen_if_replaced(upload, etag, event_id)
+                if replaced is None:
+                    log_event(logger, "verdict already written; answered with it", outcome="already_decided",
+                              verdict=upload.status)
+                    return self._result_from_row(upload, already_decided=True)
+                upload = replaced
             return self._scan_claimed(upload, event_id, reuse_verdicts=reuse_verdicts)
+
+    def _reopen_if_replaced(self, upload: UploadRow, etag: str | None, event_id: str) -> UploadRow | None:
+        """The upload sent back to scanning when the event names another object than the clean one its
+        verdict judged; None when it is that object (a redelivery), or the verdict keeps it from download."""
+        # Clean only: a released file's object is the admin's copy out of quarantine (another ETag), and
+        # the admin judged it, not the scan.
+        if (upload.status != UploadStatus.CLEAN or not etag or not upload.scanned_etag
+                or normalise_etag(etag) == upload.scanned_etag):
+            return None
+        with self._pool.connection() as conn, conn.transaction():
+            row = conn.cursor(row_factory=upload_row).execute(
+                "UPDATE uploads SET status = %s, updated_at = now() WHERE id = %s AND status = %s RETURNING *",
+                (UploadStatus.SCANNING, upload.id, UploadStatus.CLEAN)).fetchone()
+            if row is not None:
+                audit.record(conn, ACTOR, "upload.replaced_after_verdict", upload.id, verdict=str(upload.status),
+                             scanned_etag=upload.scanned_etag, new_etag=normalise_etag(etag), event_id=event_id)
+        if row is not None:
+            log_event(logger, "object replaced after its verdict; scanning it again", logging.WARNING,
+                      outcome="replaced", verdict=str(upload.status), scanned_etag=upload.scanned_etag)
+        return row
 
     @contextlib.contextmanager
     def _object_lock(self, bucket: str, key: str) -> Iterator[None]:
@@ -235,11 +261,12 @@ class ObjectScanner:
             if bucket == self._storage.quarantine_bucket:  # an operator's rescan of an unscannable file
                 restore_from_quarantine(self._s3, self._storage, upload.object_key, target_bucket=upload.bucket)
                 bucket = upload.bucket
+                stream.etag = self._stored_etag(bucket, upload.object_key)  # the copy's: a download checks it
             self._tag_clean(bucket, upload.object_key)
         detected = content.sniff(stream.head)
         return self._record(upload, bucket, decision, stream.sha256.hexdigest(), stream.length, detected,
                             datetime.now(UTC), event_id, signature_version, started,
-                            reused_from=source if read is not None else None)
+                            reused_from=source if read is not None else None, scanned_etag=stream.etag)
 
     def _read_for_reuse(self, upload: UploadRow, source: UploadRow) -> tuple[str, MeasuredStream, ClamdReply,
                                                                               str | None] | None:
@@ -255,8 +282,9 @@ class ObjectScanner:
     def _read_object(self, upload: UploadRow, consume: Callable[[MeasuredStream], T]) -> tuple[
             str, MeasuredStream, T, str | None]:
         """One pass over the object's bytes by `consume`; (bucket, the measured stream, what consume gave, version)."""
-        bucket, body, length, version_id = self._open(upload)
+        bucket, body, length, version_id, etag = self._open(upload)
         stream = MeasuredStream(body, self._chunk_size, length, upload.content_type)
+        stream.etag = etag  # the object the verdict is about: recorded as scanned_etag
         try:
             return bucket, stream, consume(stream), version_id
         finally:
@@ -279,7 +307,7 @@ class ObjectScanner:
             raise IncompleteRead("the scan ended before the whole object was read")
         return bucket, stream, reply, version_id
 
-    def _open(self, upload: UploadRow) -> tuple[str, Any, int, str | None]:
+    def _open(self, upload: UploadRow) -> tuple[str, Any, int, str | None, str | None]:
         """The object's body from the uploads bucket, or from quarantine when a crashed attempt already moved it."""
         key = upload.object_key
         for bucket in (upload.bucket, self._storage.quarantine_bucket):
@@ -289,9 +317,13 @@ class ObjectScanner:
                 if is_missing(exc):
                     continue
                 raise
-            return bucket, response["Body"], response["ContentLength"], response.get("VersionId")
+            return (bucket, response["Body"], response["ContentLength"], response.get("VersionId"),
+                    normalise_etag(response.get("ETag", "")) or None)
         # Deleted before it could be scanned: a retry cannot help (a 4xx goes to the dead-letter sink).
         raise Gone(f"object {key} is in neither {upload.bucket} nor the quarantine bucket")
+
+    def _stored_etag(self, bucket: str, key: str) -> str | None:
+        return normalise_etag(self._s3.head_object(Bucket=bucket, Key=key).get("ETag", "")) or None
 
     def _decide(self, upload: UploadRow, reply: ClamdReply, stream: MeasuredStream, bucket: str,
                 version_id: str | None) -> _Decision:
@@ -355,7 +387,8 @@ class ObjectScanner:
 
     def _record(self, upload: UploadRow, bucket: str, decision: _Decision, sha256: str | None, size: int,
                 detected: str | None, now: datetime, event_id: str, signature_version: int | None,
-                started: float, *, reused_from: UploadRow | None = None) -> ScanResult:
+                started: float, *, reused_from: UploadRow | None = None,
+                scanned_etag: str | None = None) -> ScanResult:
         verdict, detail = decision.verdict, decision.detail
         source_id = str(reused_from.id) if reused_from is not None else None
         with self._pool.connection() as conn, conn.transaction():
@@ -363,8 +396,9 @@ class ObjectScanner:
             row = uploads.execute(
                 "UPDATE uploads SET status = %s, scan_verdict = %s, scan_detail = %s, sha256 = %s, scanned_at = %s,"
                 " stored_size = coalesce(stored_size, %s), detected_type = %s, signature_version = %s,"
-                " updated_at = now() WHERE id = %s AND status = %s RETURNING *",
-                (verdict, verdict, detail, sha256, now, size, detected, signature_version, upload.id,
+                " scanned_etag = coalesce(%s, scanned_etag), updated_at = now() WHERE id = %s AND status = %s"
+                " RETURNING *",
+                (verdict, verdict, detail, sha256, now, size, detected, signature_version, scanned_etag, upload.id,
                  UploadStatus.SCANNING)).fetchone()
             if row is None:  # a concurrent delivery decided first; its verdict stands
                 current = uploads.execute("SELECT * FROM uploads WHERE id = %s", (upload.id,)).fetchone()

@@ -38,6 +38,7 @@ class MeasuredStream:
         self.head = b""
         self.markup: content.ActiveMarkup | None = None  # set when the file is HTML/SVG/XHTML
         self.finished = False
+        self.etag: str | None = None  # storage's ETag of the object read, when the reader knows it
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=self.PREFETCH_CHUNKS)
         self._stop = threading.Event()
 

@@ -29,7 +29,13 @@ from typing import Any, Final
 
 from shared.platform.audit import Actor
 from shared.platform.auth import Principal
-from shared.platform.errors import BadRequest, Conflict, Forbidden, NotFound, SizeRequired
+from shared.platform.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    SizeRequired,
+)
 from shared.platform.settings import LimitSettings, StorageSettings
 from shared.platform.sigv4 import PostPolicy, PresignedUrl, PresignSigner
 from shared.platform.storage import sse_headers
@@ -169,7 +175,11 @@ class BrowserS3:
                                       multipart=not one_write, start_in_storage=False, client_ref=request.key[:200])
         headers = self.object_headers(upload)
         if one_write:
-            signed = self._presign("PUT", upload, headers={**headers, "Content-Length": str(upload.declared_size)})
+            # If-None-Match: the URL stays valid for minutes, and must not replace the object once it is
+            # stored (and perhaps already scanned clean): storage refuses a second write, 412 (AWS S3
+            # "conditional writes"; SeaweedFS and moto enforce it: tests/test_storage_contract.py).
+            signed = self._presign("PUT", upload, headers={**headers, "Content-Length": str(upload.declared_size),
+                                                           "If-None-Match": "*"})
         else:
             signed = self._presign("POST", upload, query={"uploads": ""}, headers=headers)
         return {**_answer(signed.url, signed.headers), "key": upload.object_key}

@@ -56,8 +56,9 @@ TRANSITIONS: Final[dict[UploadStatus, frozenset[UploadStatus]]] = {
     S.UPLOADED: frozenset({S.SCANNING, S.UNSCANNABLE, S.EXPIRED}),
     # scanning -> uploaded: presign's complete found the multipart upload still open in storage.
     S.SCANNING: VERDICTS | {S.EXPIRED, S.UPLOADED},
-    # A rescan after a signature update, or a blocklisted hash, can still find a clean file infected.
-    S.CLEAN: frozenset({S.INFECTED, S.EXPIRED}),
+    # A rescan after a signature update, or a blocklisted hash, can still find a clean file infected;
+    # an object that replaced the judged one (another ETag) is judged again (scanning).
+    S.CLEAN: frozenset({S.INFECTED, S.EXPIRED, S.SCANNING}),
     S.INFECTED: frozenset({S.EXPIRED}),
     S.REJECTED: frozenset({S.RELEASED, S.EXPIRED}),
     S.UNSCANNABLE: frozenset({S.RELEASED, S.INFECTED, S.EXPIRED}),
@@ -118,6 +119,7 @@ class UploadRow:
     signature_version: int | None  # 0006: clamd's database version that produced the verdict
     rescan_requested_version: int | None  # 0006
     client_ref: str | None  # 0009: the browser's handle for the file (Uppy 6 signRequest mode), for retries
+    scanned_etag: str | None  # 0011: the ETag of the object the scan judged (a later one is judged again)
 
     @classmethod
     def from_db(cls, columns: Mapping[str, Any]) -> UploadRow:

@@ -31,11 +31,13 @@ def insert_audited(conn: psycopg.Connection, *, upload_id: uuid.UUID, owner: str
          expires_at, now, now, storage_upload_id, client_ref, *audited.parameters(upload_id))).fetchone()
 
 
-def pending_by_client_ref(conn: psycopg.Connection, owner: str, client_ref: str) -> UploadRow | None:
-    """The owner's newest pending upload the browser named `client_ref` (a retry of the same file)."""
+def pending_retry(conn: psycopg.Connection, owner: str, client_ref: str, size: int, content_type: str,
+                  filename: str, part_size: int) -> UploadRow | None:
+    """The owner's newest pending upload of this very file that the browser named `client_ref`: a retry."""
     return conn.cursor(row_factory=upload_row).execute(
-        "SELECT * FROM uploads WHERE owner = %s AND client_ref = %s AND status = %s"
-        " ORDER BY created_at DESC LIMIT 1", (owner, client_ref, UploadStatus.PENDING)).fetchone()
+        "SELECT * FROM uploads WHERE owner = %s AND client_ref = %s AND status = %s AND declared_size = %s"
+        " AND content_type = %s AND filename = %s AND part_size = %s ORDER BY created_at DESC LIMIT 1",
+        (owner, client_ref, UploadStatus.PENDING, size, content_type, filename, part_size)).fetchone()
 
 
 def load(conn: psycopg.Connection, upload_id: uuid.UUID, *, for_update: bool = False) -> UploadRow | None:

@@ -1,11 +1,10 @@
 """The upload lifecycle behind presign: create, sign parts, resume, complete, abort, download.
 
 Invariants kept here (presign's main.py only parses and maps):
-- file bytes never pass through: the browser PUTs each part to a presigned URL
-  that is bound to the part's exact length (and SHA-256 when given);
-- nothing is left half-created: the row and the S3 multipart upload are created
-  together or not at all, and a completion that does not add up aborts the
-  multipart upload, deletes what storage holds and records why;
+- file bytes never pass through: the browser PUTs each part to a presigned URL bound to
+  the part's exact length (and SHA-256 when given); a clean file is served only as judged;
+- nothing is left half-created: the row and the S3 multipart upload are created together or
+  not at all; a completion that does not add up aborts, deletes and records why;
 - owners see only their own uploads (others' are 404, not 403, so ids leak nothing);
 - every state change writes the audit log in the same transaction.
 """
@@ -157,19 +156,13 @@ class UploadService:
         else:
             part_size = part_size_rule(new.size)
         if client_ref is not None:
-            retried = self._retried(principal, new, client_ref)
-            if retried is not None and retried.part_size == part_size:
+            with self._pool.connection() as conn:
+                retried = repository.pending_retry(conn, principal.subject, client_ref, new.size, new.content_type,
+                                                   sanitise_filename(new.filename), part_size)
+            if retried is not None:
                 return retried
         return self._create(principal, new, part_size, actor, start_in_storage=multipart and start_in_storage,
                             client_ref=client_ref)
-
-    def _retried(self, principal: Principal, new: NewUpload, client_ref: str) -> UploadRow | None:
-        with self._pool.connection() as conn:
-            upload = repository.pending_by_client_ref(conn, principal.subject, client_ref)
-        if upload is None or (upload.declared_size, upload.content_type, upload.filename) != (
-                new.size, new.content_type, sanitise_filename(new.filename)):
-            return None
-        return upload
 
     def _create(self, principal: Principal, new: NewUpload, part_size: int, actor: Actor, *,
                 start_in_storage: bool, client_ref: str | None = None) -> UploadRow:
@@ -275,8 +268,8 @@ class UploadService:
         return upload, parts
 
     def _stored_parts(self, upload: UploadRow) -> list[StoredPart]:
-        if upload.storage_upload_id is None:
-            return []  # a one-write upload, or a browser-made multipart upload no part was signed for yet
+        if upload.storage_upload_id is None:  # one write, or a browser's multipart upload not bound yet
+            return []
         return self._storage_calls.stored_parts(upload.bucket, upload.object_key, upload.storage_upload_id)
 
     def list_files(self, principal: Principal, *, everyone: bool, limit: int = 100,
@@ -300,8 +293,7 @@ class UploadService:
         return self.sign_part_urls(upload, requests)
 
     def owned(self, principal: Principal, upload_id: str) -> UploadRow:
-        """The caller's upload (404 for anyone else's), the request counted against the rate limit."""
-        return self._load_counting(principal, upload_id)
+        return self._load_counting(principal, upload_id)  # 404 for anyone else's; the request counted
 
     def bind_storage_upload(self, upload: UploadRow, storage_upload_id: str) -> UploadRow:
         """The multipart upload the browser started itself, recorded on its row the first time it is named;
@@ -435,8 +427,7 @@ class UploadService:
         return normalise_etag(head.get("ETag", ""))
 
     def abort(self, principal: Principal, upload_id: str, actor: Actor, *, in_storage: bool = True) -> UploadRow:
-        """`in_storage=False`: the browser aborts the multipart upload itself, with a URL presign signs
-        (Uppy 6's signRequest mode); one it never sends is aborted by expire's stale-upload sweep."""
+        """`in_storage=False`: the browser aborts it itself (Uppy 6's signRequest mode; expire's sweep if not)."""
         with self._pool.connection() as conn, conn.transaction():
             upload = self._load(conn, principal, upload_id, for_update=True)
             if upload.status == UploadStatus.ABORTED:
@@ -465,6 +456,7 @@ class UploadService:
             if status not in DOWNLOADABLE:
                 raise Forbidden(f"the file is {status} and will not be served"
                                 + (f": {upload.scan_detail}" if upload.scan_detail else ""))
+            self._require_judged_object(upload)
             audit.record(conn, actor, "file.download_url", upload.id)
         metrics.DOWNLOAD_URLS_SIGNED.inc()
         bind(upload_id=str(upload.id))
@@ -476,6 +468,17 @@ class UploadService:
             query={"response-content-disposition": content_disposition(upload.filename),
                    "response-content-type": download_type(upload.detected_type)},
             expires_in=min(DOWNLOAD_URL_SECONDS, self._limits.url_expiry_seconds), now=self._clock())
+
+    def _require_judged_object(self, upload: UploadRow) -> None:
+        """A clean file is served only while storage holds the object its scan judged (migration 0011)."""
+        if upload.status != UploadStatus.CLEAN or upload.scanned_etag is None:
+            return
+        head = self._storage_calls.head(upload.bucket, upload.object_key)
+        if head is None:
+            raise Gone("the file is no longer in storage")
+        if normalise_etag(head.get("ETag", "")) != upload.scanned_etag:
+            raise Conflict("the stored file changed after it was checked; it is checked again before it can be "
+                           "downloaded", headers={"Retry-After": "5"})
 
     def set_legal_hold(self, principal: Principal, file_id: str, on: bool, actor: Actor) -> UploadRow:
         principal.require(ROLE_ADMIN)
