@@ -165,6 +165,31 @@ def test_companion_params_answers_a_post_policy_for_exactly_the_declared_file(pr
     assert "setFileMeta" in missing.json()["detail"], "the answer says how to fix the page"
 
 
+def test_companion_mode_retries_under_the_files_ref_get_the_same_upload(presign, idp) -> None:
+    """With the page's `ref` metadata (the Uppy file id), a file the plugin starts again is the same upload;
+    without it, or for another file under the same ref, it is a new one."""
+    token, ref = idp.token(user()), f"uppy-{uuid.uuid4().hex[:8]}"
+
+    def params(size: int, **extra: str) -> str:
+        query = urlencode({"filename": "a.txt", "type": "text/plain", "metadata[size]": str(size), **extra})
+        reply = call("GET", f"{presign}/s3/params?{query}", token=token)
+        assert reply.status == 200, reply.body
+        return reply.json()["fields"]["key"]
+
+    first = params(10, **{"metadata[ref]": ref})
+    assert params(10, **{"metadata[ref]": ref}) == first
+    assert params(11, **{"metadata[ref]": ref}) != first, "another file under a reused ref"
+    assert params(10) != params(10), "no ref: each start is a registration of its own"
+
+    def multipart() -> str:
+        reply = call("POST", f"{presign}/s3/multipart", token=token, json_body={
+            "filename": "b.bin", "type": "application/octet-stream", "metadata": {"size": 6 * MIB, "ref": ref}})
+        assert reply.status == 200, reply.body
+        return reply.json()["uploadId"]
+
+    assert multipart() == multipart()
+
+
 def test_companion_params_by_cookie_only_from_the_sites_own_pages(presign, idp, stack) -> None:
     token = idp.token(user())
     url = f"{presign}/s3/params?{urlencode({'filename': 'a.txt', 'type': 'text/plain', 'metadata[size]': '10'})}"

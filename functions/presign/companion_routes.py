@@ -25,8 +25,8 @@ def sign_s3_request(request):
 def companion_params(request):
     """A file the plugin sends in one POST: registered, then a POST policy for exactly it."""
     principal, actor = caller(request, get_changes_state=True)
-    new = companion.new_upload_from_params(request.args)
-    upload = service().create(principal, new, actor, multipart=False)
+    file = companion.file_from_params(request.args)
+    upload = service().create(principal, file.new, actor, multipart=False, client_ref=file.ref)
     policy = browser_s3().post_policy(upload)
     return json_response(200, {"method": "POST", "url": policy.url, "fields": policy.fields,
                                "expires": settings.limits.url_expiry_seconds})
@@ -34,8 +34,8 @@ def companion_params(request):
 
 def companion_create(request):
     principal, actor = caller(request)
-    new = companion.new_upload_from_companion(read_json(request))
-    upload = service().create(principal, new, actor, part_size_rule=uppy_part_size)
+    file = companion.file_from_companion(read_json(request))
+    upload = service().create(principal, file.new, actor, part_size_rule=uppy_part_size, client_ref=file.ref)
     return json_response(200, companion.created(upload))
 
 

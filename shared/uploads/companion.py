@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from shared.platform.errors import BadRequest, SizeRequired
@@ -39,7 +40,7 @@ from shared.uploads.requests import NewUpload, PartRequest
 SIZE_REQUIRED = (
     "metadata.size: required. Uppy's Companion mode does not send the file's size, and dropgate signs the "
     "exact size into every upload URL. Set it as file metadata when a file is added: "
-    "uppy.on('file-added', (file) => uppy.setFileMeta(file.id, { size: file.size })) "
+    "uppy.on('file-added', (file) => uppy.setFileMeta(file.id, { size: file.size, ref: file.id })) "
     "(docs/uploader.md, \"Companion mode\")")
 
 
@@ -63,17 +64,34 @@ def _new_upload(filename: Any, content_type: Any, metadata: Mapping[str, Any]) -
     })
 
 
-def new_upload_from_companion(body: dict[str, Any]) -> NewUpload:
+@dataclass(frozen=True)
+class CompanionFile:
+    """A file the plugin starts: the upload to register, and the page's handle for it when it gave one."""
+
+    new: NewUpload
+    # Metadata `ref` (the page's `uppy.setFileMeta(file.id, {size: file.size, ref: file.id})`): the plugin
+    # starts a file again from the beginning when it retries it, and asks under the same handle; presign
+    # answers with the upload it registered the first time (UploadService.create's `client_ref`).
+    ref: str | None
+
+
+def _file(filename: Any, content_type: Any, metadata: Mapping[str, Any]) -> CompanionFile:
+    ref = metadata.get("ref")
+    return CompanionFile(_new_upload(filename, content_type, metadata),
+                         ref[:200] if isinstance(ref, str) and ref.strip() else None)
+
+
+def file_from_companion(body: dict[str, Any]) -> CompanionFile:
     """`POST /s3/multipart`'s JSON body."""
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-    return _new_upload(body.get("filename"), body.get("type"), metadata)
+    return _file(body.get("filename"), body.get("type"), metadata)
 
 
-def new_upload_from_params(args: Mapping[str, str]) -> NewUpload:
+def file_from_params(args: Mapping[str, str]) -> CompanionFile:
     """`GET /s3/params`'s query: filename, type and each metadata field as `metadata[name]`."""
     metadata = {name[len("metadata["):-1]: value for name, value in args.items()
                 if name.startswith("metadata[") and name.endswith("]")}
-    return _new_upload(args.get("filename"), args.get("type"), metadata)
+    return _file(args.get("filename"), args.get("type"), metadata)
 
 
 def handle_to_upload_id(handle: str) -> str | None:

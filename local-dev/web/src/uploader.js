@@ -62,8 +62,9 @@ export function createUploader({ api, target, onNotice, limit = 6, maxFileSize =
   if (companionEndpoint) {
     // ---- Companion mode (docs/uploader.md): presign served under this page's origin ----
     uppy.use(AwsS3, { limit, companionEndpoint })
-    // The plugin does not send the file's size, and dropgate signs the exact size into every URL.
-    uppy.on('file-added', (file) => uppy.setFileMeta(file.id, { size: file.size }))
+    // The plugin does not send the file's size, and dropgate signs the exact size into every URL;
+    // `ref` lets a retry of the file get the same upload back.
+    uppy.on('file-added', (file) => uppy.setFileMeta(file.id, { size: file.size, ref: file.id }))
     // ---- end ----
   } else {
     // ---- the part to copy: Uppy 6, unmodified, in signRequest mode ----
