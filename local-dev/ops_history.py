@@ -44,7 +44,10 @@ def object_state(s3: BaseClient, bucket: str, key: str) -> dict[str, Any]:
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        # Imported here, as create_s3_client is: boto3 loads only when a command talks to storage.
+        from shared.platform.storage import is_missing
+
+        if is_missing(exc):
             return {"bucket": bucket, "key": key, "present": False}
         raise
     try:

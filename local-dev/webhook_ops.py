@@ -91,10 +91,11 @@ def wake_sweep(env: dict[str, str], router_url: str | None, *, namespace: str = 
 def _wait_settled(pool: ConnectionPool, records: list[DeliveryRecord], timeout: float) -> list[DeliveryRecord]:
     """The replayed deliveries once none is pending and due-now, or as they stand when the time is up."""
     deadline = time.monotonic() + timeout
+    messages = list(dict.fromkeys(r.message_id for r in records))
+    replayed_to = {r.endpoint_id for r in records}
     while True:
-        current = [r for message in dict.fromkeys(r.message_id for r in records)
-                   for r in delivery_log(pool, event_id=message, limit=1000)
-                   if r.endpoint_id in {x.endpoint_id for x in records}]
+        current = [r for message in messages for r in delivery_log(pool, event_id=message, limit=1000)
+                   if r.endpoint_id in replayed_to]
         if all(r.state != DeliveryState.PENDING or r.attempts > 0 for r in current) or time.monotonic() > deadline:
             return current
         time.sleep(0.5)

@@ -5,7 +5,7 @@ bundles Uppy and the page into dist/. This server only hands those files out and
 the page where presign and the dev sign-in are. File bytes never come here: the browser
 PUTs them to storage with the URLs presign signs.
 
-It also reverse-proxies `/dropgate/*` to presign, as the ingress of manifests/base/network does in
+It also reverse-proxies `/dropgate/*` to presign, as the ingress of manifests/components/same-origin does in
 production: Uppy's Companion mode (companion.html) sends no Authorization header, so presign must be
 on the page's own origin, where the token cookie goes along (docs/uploader.md, "Companion mode").
 
@@ -33,7 +33,8 @@ DIST_DIR = WEB_DIR / "dist"
 UPPY5_PATH = "/uppy5/"
 UPPY5_DIST_DIR = WEB_DIR.parent / "web-uppy5" / "dist"
 
-COMPANION_PATH = "/dropgate"  # presign under the page's origin (the ingress path of manifests/base/network)
+# presign under the page's origin: the path of manifests/components/same-origin's ingress.
+COMPANION_PATH = "/dropgate"
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and Host are the proxy's own, never forwarded.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                          "transfer-encoding", "upgrade", "host"})

@@ -3,7 +3,7 @@
 Headless Debian Chromium against the real stack (as tests/test_browser.py), with the real npm packages:
 - Uppy 6 in signRequest mode: the reference page (local-dev/web), POST /s3/sign;
 - Uppy 6 in Companion mode: companion.html, presign under the page's own origin at /dropgate (the local
-  web server's reverse proxy, as the ingress of manifests/base/network in production), the token cookie;
+  web server's reverse proxy, as the ingress of manifests/components/same-origin in production), the token cookie;
 - Uppy 5 in Companion mode: local-dev/web-uppy5, presign on its own origin with the bearer header.
 Default plugin options throughout: a 20 MB file goes in one request (PutObject, or a POST policy), a
 150 MB one by multipart. Each file ends clean and downloads byte-identical; an EICAR never becomes
@@ -116,6 +116,14 @@ def test_uppy6_sign_request_mode_a_length_that_lies_to_the_signer_is_refused(sit
         s3.head_object(Bucket=UPLOADS_BUCKET, Key=upload["key"])
 
 
+def params_one_byte_short(route, request) -> None:  # noqa: ANN001 - Playwright's Route and Request
+    """Lets the page's `GET /s3/params` through with a size one byte short of the file's."""
+    parts = urlsplit(request.url)
+    query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+    query["metadata[size]"] = str(int(query["metadata[size]"]) - 1)
+    route.continue_(url=f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query)}")
+
+
 # -- Uppy 6, Companion mode (companion.html; presign at /dropgate on the page's origin) --
 
 @pytest.mark.parametrize(("size", "path"), [(ONE_REQUEST_SIZE, "POST policy"), (MULTIPART_SIZE, "multipart")])
@@ -153,13 +161,7 @@ def test_uppy6_companion_mode_a_length_that_lies_to_the_signer_is_refused(site: 
     person = user()
     page = open_page(site, browser, "companion.html")
 
-    def declare_one_byte_less(route, request) -> None:  # noqa: ANN001
-        parts = urlsplit(request.url)
-        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
-        query["metadata[size]"] = str(int(query["metadata[size]"]) - 1)
-        route.continue_(url=f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query)}")
-
-    page.page.route(lambda url: "/dropgate/s3/params" in url, declare_one_byte_less)
+    page.page.route(lambda url: "/dropgate/s3/params" in url, params_one_byte_short)
     page.sign_in(person)
     page.drop(tmp_path / name)
     page.start_upload()
@@ -224,13 +226,7 @@ def test_uppy5_companion_mode_a_length_that_lies_to_the_signer_is_refused(site: 
     write_payload(liar, 3 * MIB, seed=liar.name)
     page = browser.pages[0] if browser.pages else browser.new_page()
 
-    def declare_one_byte_less(route, request) -> None:  # noqa: ANN001
-        parts = urlsplit(request.url)
-        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
-        query["metadata[size]"] = str(int(query["metadata[size]"]) - 1)
-        route.continue_(url=f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query)}")
-
-    page.route(lambda url: "/s3/params?" in url, declare_one_byte_less)
+    page.route(lambda url: "/s3/params?" in url, params_one_byte_short)
     [outcome] = uppy5_upload(site, browser, [liar], token)
     assert outcome["outcome"] == "error", outcome
     found = wait_for_api_status(site, token, liar.name, ("pending",))

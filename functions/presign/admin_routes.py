@@ -1,12 +1,15 @@
 """Admin routes (role `admin`): releases and the SHA-256 blocklist; every decision audited (shared/scanning/verdicts.py).
 Webhook endpoints too (shared/webhooks/registry.py; docs/webhooks.md): a secret is shown once, when made."""
 
+from datetime import timedelta
+
 import flask
 from presign_context import caller, instance, limit_argument, settings, verdict_admin
 
 from shared.platform.audit import Actor
 from shared.platform.auth import ROLE_ADMIN
 from shared.platform.delivery import EventSink
+from shared.platform.egress import EgressPolicy
 from shared.platform.errors import NotFound
 from shared.platform.http import Route, json_response, read_json
 from shared.webhooks.registry import EndpointChange, EndpointRegistry
@@ -49,14 +52,9 @@ def admin_unblock(request, sha256):
 
 
 def webhook_registry() -> EndpointRegistry:
-    from datetime import timedelta
-
-    from shared.platform.egress import EgressPolicy
-
     hooks = settings.webhooks
     return instance.once("webhooks", lambda: EndpointRegistry(
-        instance.db, EgressPolicy(hooks.require_https, hooks.allowed_networks),
-        rotation_grace=timedelta(seconds=hooks.rotation_grace_seconds)))
+        instance.db, EgressPolicy.from_settings(hooks), rotation_grace=timedelta(seconds=hooks.rotation_grace_seconds)))
 
 
 def admin_webhook_create(request):

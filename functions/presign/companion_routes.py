@@ -11,6 +11,7 @@ from shared.platform.auth import Principal
 from shared.platform.http import Route, json_response, read_json
 from shared.uploads import companion
 from shared.uploads.browser_s3 import SignRequest
+from shared.uploads.model import as_upload_id
 from shared.uploads.parts import uppy_part_size
 from shared.uploads.requests import CompletedPart
 
@@ -40,7 +41,7 @@ def companion_create(request):
 
 
 def _companion_upload_id(principal: Principal, request, handle: str, *, counted_by_route: bool = False) -> str:
-    upload_id = companion.handle_to_upload_id(handle)
+    upload_id = as_upload_id(handle)  # what these routes hand out; else a storage UploadId (older pages)
     if upload_id is not None:
         return upload_id  # the route's sign_parts counts the request, and answers 404 for another's upload
     return service().find_by_storage_id(principal, handle, request.args.get("key"), count_refusal=counted_by_route)

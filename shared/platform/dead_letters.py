@@ -20,7 +20,7 @@ from typing import Any, Final
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from shared.platform.vitals import READ_TIMEOUT_SECONDS, Source
+from shared.platform.vitals import Source, bounded_read
 
 CONSUMER: Final = "dead-letter"
 EVENT_FILE: Final = Path("/etc/jobsink-event/event")  # where Knative's JobSink mounts the event
@@ -41,10 +41,9 @@ def record(conn: psycopg.Connection, event: dict[str, Any]) -> bool:
 
 
 def count_recorded(pool: ConnectionPool) -> int:
-    with pool.connection(timeout=READ_TIMEOUT_SECONDS) as conn:
-        conn.execute(f"SET LOCAL statement_timeout = {READ_TIMEOUT_SECONDS * 1000}")  # this transaction only
-        row = conn.execute("SELECT count(*) AS n FROM processed_events WHERE consumer = %s", (CONSUMER,)).fetchone()
-    return row["n"] if isinstance(row, dict) else row[0]
+    with bounded_read(pool) as conn:  # the pool's rows are dicts (shared/platform/db.py)
+        return conn.execute("SELECT count(*) AS n FROM processed_events WHERE consumer = %s",
+                            (CONSUMER,)).fetchone()["n"]
 
 
 def dead_letters_source(pool: Callable[[], ConnectionPool]) -> Source:

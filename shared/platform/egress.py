@@ -25,7 +25,11 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from shared.platform.settings_webhooks import WebhookSettings
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -85,6 +89,11 @@ def address_refusal(address: IpAddress, allowed: tuple[IpNetwork, ...]) -> str |
 class EgressPolicy:
     require_https: bool
     allowed_networks: tuple[IpNetwork, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: WebhookSettings) -> EgressPolicy:
+        """The policy registration and delivery both apply, so a URL passes or fails the same in each."""
+        return cls(settings.require_https, settings.allowed_networks)
 
     def parse(self, url: object) -> Destination:
         """The URL's parts, or EgressRefused; resolves nothing."""
@@ -171,7 +180,7 @@ def _read_capped(response: http.client.HTTPResponse, cap: int, *, deadline: floa
     """At most `cap` bytes, and no longer than the deadline: a receiver that drips its answer is cut off."""
     chunks, size = [], 0
     while size < cap and time.monotonic() < deadline:
-        chunk = response.read1(min(_READ_CHUNK, cap - size)) if cap - size > 0 else b""
+        chunk = response.read1(min(_READ_CHUNK, cap - size))
         if not chunk:
             break
         chunks.append(chunk)

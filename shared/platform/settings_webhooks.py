@@ -11,14 +11,13 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
+from shared.platform.egress import IpNetwork
 from shared.platform.env import EnvReader
 
 # Standard Webhooks' example schedule (spec/standard-webhooks.md, "Deliverability and reliability"):
 # immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h: about three days in all.
 DEFAULT_RETRY_SCHEDULE: Final = ("5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)

@@ -160,10 +160,15 @@ _CONFIGURATION_PROBES: Final[dict[Capability, Callable[[BaseClient, str], str | 
 }
 
 
+def _signer(settings: StorageSettings) -> PresignSigner:
+    """The signer presign would use, against the endpoint the functions reach (not the public one)."""
+    return PresignSigner(endpoint_url=settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com",
+                         access_key_id=settings.access_key_id, secret_access_key=settings.secret_access_key,
+                         region=settings.region)
+
+
 def _probe_part(settings: StorageSettings, bucket: str, key: str, upload_id: str) -> ProbeResult:
-    signer = PresignSigner(endpoint_url=settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com",
-                           access_key_id=settings.access_key_id, secret_access_key=settings.secret_access_key,
-                           region=settings.region)
+    signer = _signer(settings)
     data = os.urandom(PROBE_PART_BYTES)
     headers = {"Content-Length": str(len(data)),
                "x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(data).digest()).decode()}
@@ -193,9 +198,7 @@ def _probe_part(settings: StorageSettings, bucket: str, key: str, upload_id: str
 def _probe_post_policy(s3: BaseClient, settings: StorageSettings, bucket: str, key: str) -> ProbeResult:
     """A POST policy for PROBE_PART_BYTES, sent one byte longer: refused where the server checks the policy's
     `content-length-range` (AWS "Creating a POST Policy"). A server that takes it has made an object: deleted."""
-    signer = PresignSigner(endpoint_url=settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com",
-                           access_key_id=settings.access_key_id, secret_access_key=settings.secret_access_key,
-                           region=settings.region)
+    signer = _signer(settings)
     policy = signer.post_policy(bucket, key, size=PROBE_PART_BYTES, fields=sse_headers(settings), expires_in=300)
     form, content_type = urllib3.encode_multipart_formdata(
         [*policy.fields.items(), ("file", ("probe", os.urandom(PROBE_PART_BYTES + 1)))])

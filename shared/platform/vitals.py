@@ -16,8 +16,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,12 +29,27 @@ from shared.platform.logs import log_event
 from shared.platform.metrics import VITALS
 from shared.platform.settings import ClamdSettings
 
+if TYPE_CHECKING:  # annotations only: the pool is always the caller's
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
 logger = logging.getLogger("dropgate.vitals")
 
 Reader = Callable[[], Mapping[str, float]]
 # Each source answers within this or counts as down: a scrape must finish inside Prometheus' scrape timeout
 # (10 s in manifests/base/monitoring/scrape.yaml) even with two sources slow.
 READ_TIMEOUT_SECONDS = 3
+
+
+@contextmanager
+def bounded_read(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """A connection whose transaction gives up after READ_TIMEOUT_SECONDS, for a source's queries.
+
+    SET LOCAL lasts this transaction only, so the pool's connection goes back to its owner's work unchanged.
+    """
+    with pool.connection(timeout=READ_TIMEOUT_SECONDS) as conn:
+        conn.execute(f"SET LOCAL statement_timeout = {READ_TIMEOUT_SECONDS * 1000}")
+        yield conn
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ What each keeps of dropgate's guarantees (docs/uploader.md has the table):
 from __future__ import annotations
 
 import enum
-import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,7 +38,7 @@ from shared.platform.errors import (
 from shared.platform.settings import LimitSettings, StorageSettings
 from shared.platform.sigv4 import PostPolicy, PresignedUrl, PresignSigner
 from shared.platform.storage import sse_headers
-from shared.uploads.model import UploadRow, UploadStatus
+from shared.uploads.model import UploadRow, UploadStatus, upload_id_in_key
 from shared.uploads.multipart import object_metadata
 from shared.uploads.parts import uppy_part_size
 from shared.uploads.requests import NewUpload, PartRequest
@@ -121,11 +120,11 @@ class SignRequest:
                                     "content_type": self.content_type or "application/octet-stream"})
 
     def upload_id(self) -> str:
-        """The dropgate upload a request names by its key (the key presign gave it: uploads/<date>/<id>)."""
-        try:
-            return str(uuid.UUID(self.key.rsplit("/", 1)[-1]))
-        except ValueError:
-            raise NotFound(f"no upload has the key {self.key!r}") from None
+        """The dropgate upload a request names by its key (the key presign gave it: model.object_key)."""
+        upload_id = upload_id_in_key(self.key)
+        if upload_id is None:
+            raise NotFound(f"no upload has the key {self.key!r}")
+        return upload_id
 
 
 class BrowserS3:

@@ -28,7 +28,6 @@ split is exactly the length its URL was signed for.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,14 +91,6 @@ def file_from_params(args: Mapping[str, str]) -> CompanionFile:
     metadata = {name[len("metadata["):-1]: value for name, value in args.items()
                 if name.startswith("metadata[") and name.endswith("]")}
     return _file(args.get("filename"), args.get("type"), metadata)
-
-
-def handle_to_upload_id(handle: str) -> str | None:
-    """The dropgate upload id when `handle` is one (what these routes hand out), else None (a storage UploadId)."""
-    try:
-        return str(uuid.UUID(handle))
-    except ValueError:
-        return None
 
 
 def part_numbers_from_query(raw: str | None) -> list[PartRequest]:

@@ -69,6 +69,24 @@ TRANSITIONS: Final[dict[UploadStatus, frozenset[UploadStatus]]] = {
 }
 
 
+def object_key(created: datetime, upload_id: uuid.UUID) -> str:
+    """Where an upload's object lives: server-generated, unguessable, free of anything the user typed."""
+    return f"uploads/{created:%Y/%m/%d}/{upload_id}"
+
+
+def upload_id_in_key(key: str) -> str | None:
+    """The upload id an object key (`object_key`) ends in; None when it names none."""
+    return as_upload_id(key.rsplit("/", 1)[-1])
+
+
+def as_upload_id(text: str) -> str | None:
+    """`text` as an upload id (canonical UUID form), or None when it is not one."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
 def values(statuses: Iterable[UploadStatus]) -> list[str]:
     """The database values of a group, sorted, for `status = ANY(%s)`."""
     return sorted(str(status) for status in statuses)

@@ -66,6 +66,7 @@ from shared.uploads.model import (
     StoredPart,
     UploadRow,
     UploadStatus,
+    object_key,
 )
 from shared.uploads.multipart import MultipartStorage
 from shared.uploads.parts import (
@@ -168,8 +169,7 @@ class UploadService:
                 start_in_storage: bool, client_ref: str | None = None) -> UploadRow:
         now = self._clock()
         upload_id = uuid.uuid4()
-        # Server-generated, unguessable, and free of anything the user typed.
-        key = f"uploads/{now:%Y/%m/%d}/{upload_id}"
+        key = object_key(now, upload_id)
         filename = sanitise_filename(new.filename)
         # Storage's CreateMultipartUpload runs while the database checks the quota: the two waits overlap
         # instead of adding up. The row is written only once storage has answered, in the same transaction.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from psycopg_pool import ConnectionPool
 
-from shared.platform.vitals import READ_TIMEOUT_SECONDS, Source
+from shared.platform.vitals import Source, bounded_read
 from shared.uploads.model import AWAITING_VERDICT, GONE, UploadStatus, values
 
 # Completed, no verdict yet: what scan owes. `pending` is the browser's part, not scan's backlog.
@@ -38,9 +38,7 @@ SELECT count(*) AS n FROM uploads
 
 
 def read_upload_vitals(pool: ConnectionPool) -> dict[str, float]:
-    with pool.connection(timeout=READ_TIMEOUT_SECONDS) as conn:
-        # For this transaction only (the pool's connection goes back to scan's work unchanged).
-        conn.execute(f"SET LOCAL statement_timeout = {READ_TIMEOUT_SECONDS * 1000}")
+    with bounded_read(pool) as conn:
         waiting = conn.execute(_WAITING, {"pending": UploadStatus.PENDING, "backlog": values(SCAN_BACKLOG),
                                           "awaiting": values(AWAITING_VERDICT)}).fetchone()
         overdue = conn.execute(_OVERDUE, {"ended": values(GONE)}).fetchone()["n"]

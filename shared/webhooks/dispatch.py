@@ -87,12 +87,16 @@ class DispatchSummary:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def add(self, other: DispatchSummary) -> None:
+        for name, value in other.as_dict().items():
+            setattr(self, name, getattr(self, name) + value)
+
 
 class Dispatcher:
     def __init__(self, pool: ConnectionPool, settings: WebhookSettings):
         self._pool = pool
         self._settings = settings
-        self.policy = EgressPolicy(settings.require_https, settings.allowed_networks)
+        self.policy = EgressPolicy.from_settings(settings)
         # A claimed row is not due again before its attempt has certainly ended (connect + read + margin).
         self._lease = timedelta(seconds=3 * settings.timeout_seconds + 30)
 
@@ -124,9 +128,7 @@ class Dispatcher:
             jobs = self._claim_due()
             if not jobs:
                 break
-            batch = self._run(jobs, deadline=deadline)
-            for name, value in batch.as_dict().items():
-                setattr(summary, name, getattr(summary, name) + value)
+            summary.add(self._run(jobs, deadline=deadline))
         return summary
 
     # -- claiming and running --
@@ -211,9 +213,10 @@ class Dispatcher:
             state, next_at = DeliveryState.PENDING, datetime.now(UTC) + self._delay(number, attempt.retry_after)
         with self._pool.connection() as conn, conn.transaction():
             self._write(conn, job, attempt, state, number, next_at, now)
+            reason = disabling.gone_reason(job.message.message_id, now)
             # In the transaction that records the 410, so the attempt is never recorded without its consequence.
             disabled = attempt.status == GONE and disabling.disable(
-                conn, job.endpoint.id, disabling.gone_reason(job.message.message_id, now), disabling.SYSTEM_ACTOR, now,
+                conn, job.endpoint.id, reason, disabling.SYSTEM_ACTOR, now,
                 webhook_id=job.message.message_id, event_id=job.message.event_id, status=GONE)
         log_event(logger, "webhook attempt", logging.INFO if attempt.delivered else logging.WARNING,
                   endpoint_id=str(job.endpoint.id), webhook_id=job.message.message_id, event_id=job.message.event_id,
@@ -221,7 +224,7 @@ class Dispatcher:
                   outcome=str(state), next_attempt_at=next_at.isoformat() if next_at else None)
         if disabled:
             log_event(logger, "webhook endpoint disabled", logging.WARNING, endpoint_id=str(job.endpoint.id),
-                      url=job.endpoint.url, reason=disabling.gone_reason(job.message.message_id, now))
+                      url=job.endpoint.url, reason=reason)
         return state
 
     @staticmethod
@@ -244,8 +247,9 @@ class Dispatcher:
         return min(max(timedelta(seconds=base), timedelta(seconds=asked)), max(MAX_RETRY_AFTER, timedelta(seconds=base)))
 
     def _release(self, jobs: list[Job]) -> None:
+        # executemany: psycopg pipelines the statements, one round trip rather than one per job.
         with self._pool.connection() as conn:
-            for job in jobs:
-                conn.execute("UPDATE webhook_deliveries SET next_attempt_at = now() WHERE endpoint_id = %s"
-                             " AND message_id = %s AND state = %s",
-                             (job.endpoint.id, job.message.message_id, DeliveryState.PENDING))
+            conn.cursor().executemany(
+                "UPDATE webhook_deliveries SET next_attempt_at = now() WHERE endpoint_id = %s"
+                " AND message_id = %s AND state = %s",
+                [(job.endpoint.id, job.message.message_id, DeliveryState.PENDING) for job in jobs])

@@ -129,9 +129,6 @@ class Endpoint:
     def enabled(self) -> bool:
         return self.disabled_at is None
 
-    def wants(self, event_type: str) -> bool:
-        return not self.event_types or event_type in self.event_types
-
     def signing_secrets(self, now: datetime) -> list[str]:
         """The current secret, and the previous one while its grace period lasts."""
         keep_previous = self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from psycopg_pool import ConnectionPool
 
-from shared.platform.vitals import READ_TIMEOUT_SECONDS, Source
+from shared.platform.vitals import Source, bounded_read
 from shared.webhooks.model import DeliveryState
 
 FAILED_WINDOW = "1 day"  # dropgate_webhook_deliveries_failed_last_day
@@ -27,8 +27,7 @@ SELECT (SELECT count(*) FROM webhook_deliveries WHERE state = %(pending)s) AS pe
 
 
 def read_webhook_vitals(pool: ConnectionPool) -> dict[str, float]:
-    with pool.connection(timeout=READ_TIMEOUT_SECONDS) as conn:
-        conn.execute(f"SET LOCAL statement_timeout = {READ_TIMEOUT_SECONDS * 1000}")
+    with bounded_read(pool) as conn:
         row = conn.execute(_DELIVERIES, {"pending": DeliveryState.PENDING,
                                          "failed": DeliveryState.FAILED}).fetchone()
     return {
